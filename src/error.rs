@@ -1,0 +1,35 @@
+//! The library's top-level error: one variant per stage, each carrying the
+//! stage's own typed error.
+
+use crate::decode::DecodeError;
+use crate::format::qcow2::Qcow2Error;
+use crate::sink::SinkError;
+
+/// Anything that can stop an import.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The source could not be opened.
+    #[error("opening {path}: {source}")]
+    OpenSource {
+        /// What was opened.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The input stream failed (read error, or a corrupt compressed wrapper).
+    #[error("reading the image: {0}")]
+    Read(#[source] std::io::Error),
+    /// Sniffing the compression failed.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The image is in a format that is recognized but not converted.
+    #[error("unsupported image format: {0} (recognized by its magic bytes; it is not converted)")]
+    UnsupportedFormat(&'static str),
+    /// The qcow2 image is refused or broken.
+    #[error("qcow2: {0}")]
+    Qcow2(#[from] Qcow2Error),
+    /// Writing the target failed.
+    #[error("target: {0}")]
+    Sink(#[from] SinkError),
+}

@@ -1,0 +1,18 @@
+//! diskimport: a streaming disk-image importer.
+//!
+//! The pipeline (see `pipeline`) is Source → [`decode`] → [`format`] reader →
+//! [`sink`]. Every stage reads its input once, in order; memory stays bounded
+//! whatever the image claims. Errors are typed here and turned into messages and
+//! exit codes only by the binary.
+
+pub mod decode;
+pub mod error;
+pub mod extent;
+pub mod format;
+pub mod pipeline;
+pub mod progress;
+pub mod sink;
+pub mod stream;
+
+pub use error::Error;
+pub use extent::{Extent, ExtentKind};

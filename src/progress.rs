@@ -1,0 +1,69 @@
+//! Progress counters shared by the pipeline's stages: plain atomics, read by the
+//! CLI's progress bar (and later the status endpoint) without locking.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Byte counters of one import.
+#[derive(Debug, Default)]
+pub struct Progress {
+    source_read: AtomicU64,
+    source_total: AtomicU64,
+    decoded: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Progress {
+    /// Bytes read from the source so far (as stored: still compressed).
+    pub fn source_read(&self) -> u64 {
+        self.source_read.load(Ordering::Relaxed)
+    }
+    /// Size of the source, 0 when unknown.
+    pub fn source_total(&self) -> u64 {
+        self.source_total.load(Ordering::Relaxed)
+    }
+    /// Bytes that came out of the decoder.
+    pub fn decoded(&self) -> u64 {
+        self.decoded.load(Ordering::Relaxed)
+    }
+    /// Guest bytes handled by the sink (written or left as holes).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+    /// Counts bytes read from the source.
+    pub fn add_source_read(&self, n: u64) {
+        self.source_read.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Records the source's total size.
+    pub fn set_source_total(&self, n: u64) {
+        self.source_total.store(n, Ordering::Relaxed);
+    }
+    /// Counts decoded bytes.
+    pub fn add_decoded(&self, n: u64) {
+        self.decoded.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Counts guest bytes handled by the sink.
+    pub fn add_written(&self, n: u64) {
+        self.written.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A reader that counts the bytes passing through it into [`Progress`].
+pub struct CountingReader<R> {
+    inner: R,
+    progress: std::sync::Arc<Progress>,
+}
+
+impl<R> CountingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R, progress: std::sync::Arc<Progress>) -> Self {
+        CountingReader { inner, progress }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.add_source_read(n as u64);
+        Ok(n)
+    }
+}

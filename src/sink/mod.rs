@@ -1,0 +1,59 @@
+//! Sinks: where extents land. The [`ExtentSink`] trait is what every target
+//! implements (a sparse file now, a block device later); `null` counts and drops.
+
+pub mod file;
+pub mod null;
+pub mod zero_detect;
+
+use crate::extent::Extent;
+
+/// Errors raised while writing the target.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// An extent reached past the end of the target.
+    #[error("write of {len} bytes at guest offset {offset} lies outside the target size {size}")]
+    OutOfRange {
+        /// Guest offset of the rejected extent.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The target's size.
+        size: u64,
+    },
+    /// An I/O error on the target, with what was being done.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// The operation ("writing", "syncing", ...).
+        what: &'static str,
+        /// The target path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A destination for extents.
+pub trait ExtentSink: Send {
+    /// Sets the size of the virtual disk. Called once, before the first extent
+    /// when the size is known up front (qcow2), or at the end (a raw stream of
+    /// unknown length). Writes beyond a known size are refused.
+    fn set_size(&mut self, size: u64) -> Result<(), SinkError>;
+
+    /// Writes one extent. Zero extents may cost nothing.
+    fn write(&mut self, extent: Extent) -> Result<(), SinkError>;
+
+    /// Makes everything durable. Only after this returns may success be reported.
+    fn finish(&mut self) -> Result<SinkSummary, SinkError>;
+}
+
+/// What a sink did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SinkSummary {
+    /// Size of the target in bytes.
+    pub size: u64,
+    /// Bytes actually written (non-zero data).
+    pub bytes_written: u64,
+    /// Bytes left as holes or zeroed without writing.
+    pub bytes_zero: u64,
+}

@@ -1,0 +1,179 @@
+//! The forward-only byte stream between the decoder and the format reader.
+//!
+//! A producer thread reads the (decoded) input into chunks of [`CHUNK_SIZE`]
+//! bytes and sends them over a bounded channel, so decoding and parsing run on
+//! different cores and memory stays bounded at `CHANNEL_DEPTH` chunks in flight.
+//! The consumer side, [`ChunkStream`], hands out whole chunks (zero-copy) and
+//! lets a reader push bytes back after peeking at them, which format sniffing
+//! needs.
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::progress::Progress;
+
+/// Size of the chunks the producer sends.
+pub const CHUNK_SIZE: usize = 4 << 20;
+/// Chunks that may wait in the channel.
+const CHANNEL_DEPTH: usize = 4;
+
+/// Consumer end of a byte stream: chunks in order, with push-back.
+pub struct ChunkStream {
+    receiver: Option<Receiver<io::Result<Bytes>>>,
+    pushed_back: VecDeque<Bytes>,
+    position: u64,
+    producer: Option<JoinHandle<()>>,
+}
+
+impl ChunkStream {
+    /// Starts a producer thread that reads `input` to its end.
+    /// `progress` is told how many decoded bytes were produced.
+    pub fn spawn(mut input: Box<dyn Read + Send>, progress: Arc<Progress>) -> Self {
+        let (sender, receiver) = sync_channel(CHANNEL_DEPTH);
+        let producer = std::thread::Builder::new()
+            .name("decode".into())
+            .spawn(move || loop {
+                match read_chunk(&mut *input, CHUNK_SIZE) {
+                    Ok(chunk) if chunk.is_empty() => break,
+                    Ok(chunk) => {
+                        progress.add_decoded(chunk.len() as u64);
+                        if sender.send(Ok(chunk)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = sender.send(Err(e));
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the decode thread");
+        ChunkStream {
+            receiver: Some(receiver),
+            pushed_back: VecDeque::new(),
+            position: 0,
+            producer: Some(producer),
+        }
+    }
+
+    /// A stream over bytes already in memory (tests, fuzzing, benchmarks).
+    pub fn from_bytes(data: Bytes) -> Self {
+        let mut pushed_back = VecDeque::new();
+        let mut data = data;
+        while !data.is_empty() {
+            let n = data.len().min(CHUNK_SIZE);
+            pushed_back.push_back(data.split_to(n));
+        }
+        ChunkStream {
+            receiver: None,
+            pushed_back,
+            position: 0,
+            producer: None,
+        }
+    }
+
+    /// Stream offset of the next byte [`next_chunk`](Self::next_chunk) returns.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The next chunk, or `None` at the end of the stream.
+    pub fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        let chunk = match self.pushed_back.pop_front() {
+            Some(c) => Some(c),
+            None => match &self.receiver {
+                None => None,
+                Some(rx) => match rx.recv() {
+                    Ok(Ok(c)) => Some(c),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => None,
+                },
+            },
+        };
+        if let Some(c) = &chunk {
+            self.position += c.len() as u64;
+        }
+        Ok(chunk)
+    }
+
+    /// Gives back the tail of the chunk last returned, to be returned again next.
+    pub fn unread(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.position -= bytes.len() as u64;
+        self.pushed_back.push_front(bytes);
+    }
+
+    /// Reads up to `n` bytes (fewer only at the end of the stream), copying
+    /// only when they span chunks.
+    pub fn read_up_to(&mut self, n: usize) -> io::Result<Bytes> {
+        let mut first = match self.next_chunk()? {
+            None => return Ok(Bytes::new()),
+            Some(c) => c,
+        };
+        if first.len() >= n {
+            let rest = first.split_off(n);
+            self.unread(rest);
+            return Ok(first);
+        }
+        let mut out = BytesMut::with_capacity(n);
+        out.extend_from_slice(&first);
+        while out.len() < n {
+            let Some(mut c) = self.next_chunk()? else { break };
+            let take = (n - out.len()).min(c.len());
+            out.extend_from_slice(&c.split_to(take));
+            self.unread(c);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Looks at up to `n` bytes without consuming them.
+    pub fn peek(&mut self, n: usize) -> io::Result<Bytes> {
+        let head = self.read_up_to(n)?;
+        self.unread(head.clone());
+        Ok(head)
+    }
+}
+
+impl Drop for ChunkStream {
+    fn drop(&mut self) {
+        // Closing the receiver makes a blocked producer's send fail, so it exits.
+        self.receiver.take();
+        if let Some(p) = self.producer.take() {
+            let _ = p.join();
+        }
+    }
+}
+
+impl Read for ChunkStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(mut c) = self.next_chunk()? else {
+            return Ok(0);
+        };
+        let n = buf.len().min(c.len());
+        c.copy_to_slice(&mut buf[..n]);
+        self.unread(c);
+        Ok(n)
+    }
+}
+
+/// Fills a fresh buffer of `size` bytes from `input`, stopping early only at EOF.
+fn read_chunk(input: &mut dyn Read, size: usize) -> io::Result<Bytes> {
+    let mut buf = BytesMut::zeroed(size);
+    let mut filled = 0;
+    while filled < size {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf.freeze())
+}
