@@ -29,6 +29,9 @@ pub enum Error {
     /// The qcow2 image is refused or broken.
     #[error("qcow2: {0}")]
     Qcow2(#[from] Qcow2Error),
+    /// The raw passthrough failed.
+    #[error(transparent)]
+    Raw(#[from] crate::format::raw::RawError),
     /// Writing the target failed.
     #[error("target: {0}")]
     Sink(#[from] SinkError),

@@ -1,1 +1,281 @@
-fn main(){}
+//! The `diskimport` command line: `convert` and `info`. Library errors become a
+//! message on stderr and a non-zero exit status here, and only here.
+
+mod cli_progress;
+mod cli_size;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+
+use diskimport::format::qcow2::DEFAULT_MEMORY_BUDGET;
+use diskimport::format::ImageFormat;
+use diskimport::pipeline::{self, ConvertOptions, Report};
+use diskimport::progress::Progress;
+use diskimport::sink::file::SparseFileSink;
+use diskimport::sink::null::NullSink;
+use diskimport::sink::threaded::ThreadedSink;
+
+/// Streaming disk-image importer: qcow2, raw and ISO (optionally gzip, xz,
+/// zstd or bzip2 compressed) to a sparse raw disk, reading the input once.
+#[derive(Parser)]
+#[command(name = "diskimport", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert SOURCE (a path, or - for stdin) to a sparse raw file TARGET.
+    Convert {
+        /// Image to read: a file path, or - for standard input.
+        source: String,
+        /// Raw file to write (replaced atomically if it exists).
+        target: PathBuf,
+        #[command(flatten)]
+        tuning: Tuning,
+        /// No progress bar and no summary line.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Describe SOURCE: format, compression, virtual size, allocation.
+    Info {
+        /// Image to read: a file path, or - for standard input.
+        source: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Print the allocation map as `qemu-img map --output=json` does.
+        #[arg(long)]
+        map: bool,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+}
+
+#[derive(Args)]
+struct Tuning {
+    /// Memory for image bytes that arrive before the table mapping them
+    /// (then they spill to --scratch-dir). Accepts K, M, G suffixes.
+    #[arg(long, value_parser = cli_size::parse_size, default_value_t = DEFAULT_MEMORY_BUDGET)]
+    memory_budget: u64,
+    /// Directory for the spill file [default: the system temp directory].
+    #[arg(long)]
+    scratch_dir: Option<PathBuf>,
+}
+
+impl Tuning {
+    fn options(&self, collect_map: bool) -> ConvertOptions {
+        let mut options = ConvertOptions {
+            memory_budget: self.memory_budget,
+            collect_map,
+            ..ConvertOptions::default()
+        };
+        if let Some(dir) = &self.scratch_dir {
+            options.scratch_dir = dir.clone();
+        }
+        options
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DISKIMPORT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Convert {
+            source,
+            target,
+            tuning,
+            quiet,
+        } => convert(&source, &target, &tuning, quiet),
+        Command::Info {
+            source,
+            json,
+            map,
+            tuning,
+        } => info(&source, json, map, &tuning),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Formats an error with its chain of causes.
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn convert(source: &str, target: &PathBuf, tuning: &Tuning, quiet: bool) -> Result<(), String> {
+    let started = Instant::now();
+    let progress = Arc::new(Progress::default());
+    let input = pipeline::open_source(source, &progress).map_err(|e| describe(&e))?;
+    let file_sink = SparseFileSink::create(target).map_err(|e| describe(&e))?;
+    let mut sink = ThreadedSink::spawn(Box::new(file_sink), progress.clone());
+    let bar = (!quiet).then(|| cli_progress::Bar::start(progress.clone()));
+    let result = pipeline::run(input, &mut sink, &tuning.options(false), progress.clone());
+    if let Some(bar) = bar {
+        bar.stop();
+    }
+    let report = result.map_err(|e| describe(&e))?;
+    if !quiet {
+        eprintln!(
+            "{}",
+            summary_line(source, target, &report, started.elapsed().as_secs_f64())
+        );
+    }
+    Ok(())
+}
+
+fn summary_line(source: &str, target: &std::path::Path, report: &Report, seconds: f64) -> String {
+    let mut what = vec![format_name(report.format).to_string()];
+    what.extend(report.compression.iter().map(|c| format!("{c:?}").to_lowercase()));
+    let rate = report.virtual_size as f64 / seconds.max(1e-6);
+    format!(
+        "converted {source} ({}) to {}: {} virtual, {} written, {} left sparse, in {:.2} s ({}/s)",
+        what.join(" in "),
+        target.display(),
+        cli_size::human(report.virtual_size),
+        cli_size::human(report.sink.bytes_written),
+        cli_size::human(report.sink.bytes_zero),
+        seconds,
+        cli_size::human(rate as u64),
+    )
+}
+
+fn format_name(format: ImageFormat) -> &'static str {
+    match format {
+        ImageFormat::Qcow2 => "qcow2",
+        ImageFormat::Raw => "raw",
+        ImageFormat::Iso => "iso",
+        ImageFormat::Unsupported(name) => name,
+    }
+}
+
+fn info(source: &str, json: bool, map: bool, tuning: &Tuning) -> Result<(), String> {
+    let progress = Arc::new(Progress::default());
+    let input = pipeline::open_source(source, &progress).map_err(|e| describe(&e))?;
+    let mut sink = NullSink::default();
+    let report = pipeline::run(input, &mut sink, &tuning.options(map), progress)
+        .map_err(|e| describe(&e))?;
+    if map {
+        let entries = match &report.qcow2 {
+            Some(q) => q.map.clone().unwrap_or_default(),
+            None => vec![raw_map_entry(report.virtual_size)],
+        };
+        let lines: Vec<String> = entries
+            .iter()
+            .map(|e| serde_json::to_string(e).expect("map entries serialize"))
+            .collect();
+        println!("[{}]", lines.join(",\n"));
+        return Ok(());
+    }
+    let value = info_json(&report);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value).expect("serializable"));
+    } else {
+        print_info_text(source, &report);
+    }
+    Ok(())
+}
+
+/// A raw image is one data run at its own offsets.
+fn raw_map_entry(size: u64) -> diskimport::format::qcow2::MapEntry {
+    diskimport::format::qcow2::MapEntry {
+        start: 0,
+        length: size,
+        depth: 0,
+        present: true,
+        zero: false,
+        data: true,
+        compressed: false,
+        offset: Some(0),
+    }
+}
+
+fn info_json(report: &Report) -> serde_json::Value {
+    let mut value = serde_json::json!({
+        "format": format_name(report.format),
+        "compression": report.compression,
+        "virtual_size": report.virtual_size,
+        "stream_size": report.stream_len,
+        "allocated_bytes": report.qcow2.as_ref().map_or(report.sink.bytes_written, |q| q.allocated_bytes),
+        "nonzero_bytes": report.sink.bytes_written,
+    });
+    if let Some(q) = &report.qcow2 {
+        let h = &q.header;
+        value["version"] = h.version.into();
+        value["cluster_size"] = h.cluster_size().into();
+        value["features"] = serde_json::json!(h.feature_names());
+        value["cluster_compression"] = serde_json::json!(h.compression);
+        value["refcount_bits"] = (1u64 << h.refcount_order).into();
+        value["l2_tables"] = q.l2_tables.into();
+        value["compressed_clusters"] = q.compressed_clusters.into();
+        value["snapshots"] = h.nb_snapshots.into();
+        value["streaming"] = serde_json::json!({
+            "retained_peak_bytes": q.retained_peak,
+            "spilled_bytes": q.spilled_bytes,
+        });
+    }
+    value
+}
+
+fn print_info_text(source: &str, report: &Report) {
+    println!("image: {source}");
+    println!("format: {}", format_name(report.format));
+    if !report.compression.is_empty() {
+        let names: Vec<String> = report
+            .compression
+            .iter()
+            .map(|c| format!("{c:?}").to_lowercase())
+            .collect();
+        println!("compression: {}", names.join(", "));
+    }
+    println!(
+        "virtual size: {} ({} bytes)",
+        cli_size::human(report.virtual_size),
+        report.virtual_size
+    );
+    if let Some(q) = &report.qcow2 {
+        let h = &q.header;
+        println!("qcow2 version: {}", h.version);
+        println!("cluster size: {}", h.cluster_size());
+        let features = h.feature_names();
+        println!(
+            "features: {}",
+            if features.is_empty() {
+                "none".to_string()
+            } else {
+                features.join(", ")
+            }
+        );
+        println!("allocated: {}", cli_size::human(q.allocated_bytes));
+        if q.compressed_clusters > 0 {
+            println!("compressed clusters: {}", q.compressed_clusters);
+        }
+    }
+    println!("non-zero data: {}", cli_size::human(report.sink.bytes_written));
+}

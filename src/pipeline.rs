@@ -1,1 +1,114 @@
-//! pipeline stub
+//! Wires the stages together: open the source, peel compression wrappers, sniff
+//! the format, and run the matching reader into the sink. The decoder runs on
+//! its own thread (`stream`), the sink on another (`sink::threaded`), the format
+//! reader on the caller's.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::decode::{decode_all, Compression};
+use crate::error::Error;
+use crate::format::qcow2::{self, Qcow2Summary, StreamOptions};
+use crate::format::{raw, sniff_format, ImageFormat, SNIFF_LEN};
+use crate::progress::{CountingReader, Progress};
+use crate::sink::{ExtentSink, SinkSummary};
+use crate::stream::ChunkStream;
+
+/// How to run a conversion.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// Memory for unclaimed qcow2 bytes before spilling.
+    pub memory_budget: u64,
+    /// Directory for the spill file.
+    pub scratch_dir: PathBuf,
+    /// Build the qcow2 allocation map.
+    pub collect_map: bool,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        let stream = StreamOptions::default();
+        ConvertOptions {
+            memory_budget: stream.memory_budget,
+            scratch_dir: stream.scratch_dir,
+            collect_map: false,
+        }
+    }
+}
+
+/// What a conversion found and did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Compression wrappers, outermost first.
+    pub compression: Vec<Compression>,
+    /// The image format.
+    pub format: ImageFormat,
+    /// Size of the virtual disk.
+    pub virtual_size: u64,
+    /// Bytes of the decoded image stream.
+    pub stream_len: u64,
+    /// Details of a qcow2 image.
+    pub qcow2: Option<Qcow2Summary>,
+    /// What the sink did.
+    pub sink: SinkSummary,
+}
+
+/// Opens a local source: a path, or `-` for standard input.
+pub fn open_source(path: &str, progress: &Arc<Progress>) -> Result<Box<dyn Read + Send>, Error> {
+    let open_error = |source| Error::OpenSource {
+        path: path.to_string(),
+        source,
+    };
+    let reader: Box<dyn Read + Send> = if path == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        let file = File::open(path).map_err(open_error)?;
+        let meta = file.metadata().map_err(open_error)?;
+        if meta.is_dir() {
+            return Err(open_error(std::io::Error::other("is a directory")));
+        }
+        progress.set_source_total(meta.len());
+        Box::new(file)
+    };
+    Ok(Box::new(CountingReader::new(reader, progress.clone())))
+}
+
+/// Converts the image read from `source` into `sink`.
+pub fn run(
+    source: Box<dyn Read + Send>,
+    sink: &mut dyn ExtentSink,
+    options: &ConvertOptions,
+    progress: Arc<Progress>,
+) -> Result<Report, Error> {
+    let (compression, decoded) = decode_all(source)?;
+    let mut stream = ChunkStream::spawn(decoded, progress);
+    let head = stream.peek(SNIFF_LEN).map_err(Error::Read)?;
+    let format = sniff_format(&head);
+    let (virtual_size, stream_len, qcow2) = match format {
+        ImageFormat::Qcow2 => {
+            let stream_options = StreamOptions {
+                memory_budget: options.memory_budget,
+                scratch_dir: options.scratch_dir.clone(),
+                collect_map: options.collect_map,
+            };
+            let summary = qcow2::convert_stream(&mut stream, sink, &stream_options)?;
+            (summary.header.virtual_size, summary.stream_len, Some(summary))
+        }
+        ImageFormat::Raw | ImageFormat::Iso => {
+            let summary = raw::convert_stream(&mut stream, sink)?;
+            (summary.stream_len, summary.stream_len, None)
+        }
+        ImageFormat::Unsupported(name) => return Err(Error::UnsupportedFormat(name)),
+    };
+    let sink_summary = sink.finish()?;
+    Ok(Report {
+        compression,
+        format,
+        virtual_size,
+        stream_len,
+        qcow2,
+        sink: sink_summary,
+    })
+}

@@ -1,1 +1,136 @@
-//! file sink stub
+//! The sparse file target: a regular file of exactly the virtual size, written
+//! with positional writes, zero blocks left as holes.
+//!
+//! The image is written to a temporary file beside the target and renamed over
+//! it only after everything was written and synced, so an existing target is
+//! replaced whole or not at all, and a failed import leaves nothing behind.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+
+use super::zero_detect::for_each_nonzero_run;
+use super::{ExtentSink, SinkError, SinkSummary};
+use crate::extent::{Extent, ExtentKind};
+
+/// A sparse regular file, built beside its final path.
+pub struct SparseFileSink {
+    target: PathBuf,
+    temp: Option<NamedTempFile>,
+    size: Option<u64>,
+    /// Highest guest byte written (for streams whose size comes at the end).
+    high_water: u64,
+    summary: SinkSummary,
+}
+
+impl SparseFileSink {
+    /// Prepares to write `target`. Nothing at `target` changes until
+    /// [`finish`](ExtentSink::finish) succeeds.
+    pub fn create(target: &Path) -> Result<Self, SinkError> {
+        if let Ok(meta) = std::fs::metadata(target) {
+            if !meta.is_file() {
+                return Err(io_error(
+                    "refusing to replace",
+                    target,
+                    std::io::Error::other("the target exists and is not a regular file"),
+                ));
+            }
+        }
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let temp = tempfile::Builder::new()
+            .prefix(".diskimport-")
+            .suffix(".partial")
+            .tempfile_in(&dir)
+            .map_err(|e| io_error("creating a temporary file in", &dir, e))?;
+        Ok(SparseFileSink {
+            target: target.to_path_buf(),
+            temp: Some(temp),
+            size: None,
+            high_water: 0,
+            summary: SinkSummary::default(),
+        })
+    }
+
+    fn file(&self) -> &File {
+        self.temp.as_ref().expect("used before finish").as_file()
+    }
+}
+
+impl ExtentSink for SparseFileSink {
+    fn set_size(&mut self, size: u64) -> Result<(), SinkError> {
+        if size < self.high_water {
+            return Err(SinkError::OutOfRange {
+                offset: 0,
+                len: self.high_water,
+                size,
+            });
+        }
+        self.file()
+            .set_len(size)
+            .map_err(|e| io_error("sizing", &self.target, e))?;
+        self.size = Some(size);
+        self.summary.size = size;
+        Ok(())
+    }
+
+    fn write(&mut self, extent: Extent) -> Result<(), SinkError> {
+        let end = extent
+            .guest_offset
+            .checked_add(extent.len())
+            .filter(|end| self.size.is_none_or(|size| *end <= size))
+            .ok_or(SinkError::OutOfRange {
+                offset: extent.guest_offset,
+                len: extent.len(),
+                size: self.size.unwrap_or(u64::MAX),
+            })?;
+        self.high_water = self.high_water.max(end);
+        match extent.kind {
+            // The file is new and sparse: zeroes cost nothing.
+            ExtentKind::Zero(n) => self.summary.bytes_zero += n,
+            ExtentKind::Data(bytes) => {
+                let base = extent.guest_offset;
+                let file = self.file();
+                let mut written = 0u64;
+                for_each_nonzero_run(&bytes, base, |start, len| {
+                    written += len as u64;
+                    file.write_all_at(&bytes[start..start + len], base + start as u64)
+                })
+                .map_err(|e| io_error("writing", &self.target, e))?;
+                self.summary.bytes_written += written;
+                self.summary.bytes_zero += bytes.len() as u64 - written;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<SinkSummary, SinkError> {
+        if self.size.is_none() {
+            self.set_size(self.high_water)?;
+        }
+        let temp = self.temp.take().expect("finish called once");
+        temp.as_file()
+            .sync_all()
+            .map_err(|e| io_error("syncing", &self.target, e))?;
+        temp.persist(&self.target)
+            .map_err(|e| io_error("renaming the finished file to", &self.target, e.error))?;
+        if let Some(dir) = self.target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_error("syncing the directory of", &self.target, e))?;
+        }
+        Ok(self.summary)
+    }
+}
+
+fn io_error(what: &'static str, path: &Path, source: std::io::Error) -> SinkError {
+    SinkError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}

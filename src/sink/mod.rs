@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod null;
+pub mod threaded;
 pub mod zero_detect;
 
 use crate::extent::Extent;
