@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use crate::progress::Progress;
 
 /// Size of the chunks the producer sends.
-pub const CHUNK_SIZE: usize = 4 << 20;
+pub const CHUNK_SIZE: usize = 1 << 20;
 /// Chunks that may wait in the channel.
 const CHANNEL_DEPTH: usize = 4;
 
@@ -36,18 +36,21 @@ impl ChunkStream {
         let (sender, receiver) = sync_channel(CHANNEL_DEPTH);
         let producer = std::thread::Builder::new()
             .name("decode".into())
-            .spawn(move || loop {
-                match read_chunk(&mut *input, CHUNK_SIZE) {
-                    Ok(chunk) if chunk.is_empty() => break,
-                    Ok(chunk) => {
-                        progress.add_decoded(chunk.len() as u64);
-                        if sender.send(Ok(chunk)).is_err() {
+            .spawn(move || {
+                let pool = BufferPool::new();
+                loop {
+                    match pool.read_chunk(&mut *input, CHUNK_SIZE) {
+                        Ok(chunk) if chunk.is_empty() => break,
+                        Ok(chunk) => {
+                            progress.add_decoded(chunk.len() as u64);
+                            if sender.send(Ok(chunk)).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = sender.send(Err(e));
                             break;
                         }
-                    }
-                    Err(e) => {
-                        let _ = sender.send(Err(e));
-                        break;
                     }
                 }
             })
@@ -124,7 +127,9 @@ impl ChunkStream {
         let mut out = BytesMut::with_capacity(n);
         out.extend_from_slice(&first);
         while out.len() < n {
-            let Some(mut c) = self.next_chunk()? else { break };
+            let Some(mut c) = self.next_chunk()? else {
+                break;
+            };
             let take = (n - out.len()).min(c.len());
             out.extend_from_slice(&c.split_to(take));
             self.unread(c);
@@ -162,18 +167,59 @@ impl Read for ChunkStream {
     }
 }
 
-/// Fills a fresh buffer of `size` bytes from `input`, stopping early only at EOF.
-fn read_chunk(input: &mut dyn Read, size: usize) -> io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(size);
-    let mut filled = 0;
-    while filled < size {
-        match input.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Chunk buffers return here when the last [`Bytes`] pointing into them is
+/// dropped, so the producer reuses them instead of allocating and zeroing a
+/// new buffer for every chunk.
+struct BufferPool {
+    returned: std::sync::mpsc::Receiver<Vec<u8>>,
+    give_back: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+/// A filled chunk buffer; dropping it hands the buffer back to its pool.
+struct PooledChunk {
+    data: Vec<u8>,
+    len: usize,
+    give_back: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for PooledChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+}
+
+impl Drop for PooledChunk {
+    fn drop(&mut self) {
+        let _ = self.give_back.send(std::mem::take(&mut self.data));
+    }
+}
+
+impl BufferPool {
+    fn new() -> Self {
+        let (give_back, returned) = std::sync::mpsc::channel();
+        BufferPool {
+            returned,
+            give_back,
         }
     }
-    buf.truncate(filled);
-    Ok(buf.freeze())
+
+    /// Fills a buffer of `size` bytes from `input`, stopping early only at EOF.
+    fn read_chunk(&self, input: &mut dyn Read, size: usize) -> io::Result<Bytes> {
+        let mut data = self.returned.try_recv().unwrap_or_else(|_| vec![0u8; size]);
+        data.resize(size, 0);
+        let mut filled = 0;
+        while filled < size {
+            match input.read(&mut data[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Bytes::from_owner(PooledChunk {
+            data,
+            len: filled,
+            give_back: self.give_back.clone(),
+        }))
+    }
 }

@@ -11,7 +11,7 @@ use crate::extent::Extent;
 use crate::progress::Progress;
 
 /// Extents that may wait for the writer.
-const DEPTH: usize = 16;
+const DEPTH: usize = 8;
 
 enum Message {
     Size(u64),

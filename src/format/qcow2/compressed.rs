@@ -108,9 +108,12 @@ mod tests {
     fn deflate_truncated_input_is_an_error() {
         let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 256) as u8).collect();
         let packed = deflate_raw(&data);
-        let err =
-            decompress_cluster(ClusterCompression::Deflate, &packed[..packed.len() / 2], 4096)
-                .unwrap_err();
+        let err = decompress_cluster(
+            ClusterCompression::Deflate,
+            &packed[..packed.len() / 2],
+            4096,
+        )
+        .unwrap_err();
         assert!(err.contains("expected a whole cluster"), "{err}");
     }
 

@@ -20,7 +20,9 @@ pub enum Qcow2Error {
     #[error("unsupported cluster size 2^{0} (cluster_bits must be 9 to 21: 512 B to 2 MiB)")]
     UnsupportedClusterBits(u32),
     /// v3 header_length outside [104, cluster_size].
-    #[error("header length {length} is out of range (must be 104 to the cluster size {cluster_size})")]
+    #[error(
+        "header length {length} is out of range (must be 104 to the cluster size {cluster_size})"
+    )]
     HeaderLength {
         /// The header_length field.
         length: u32,
@@ -59,7 +61,9 @@ pub enum Qcow2Error {
         crypt_method: u32,
     },
     /// Incompatible feature bits this reader does not know.
-    #[error("unknown incompatible feature {names} (bits 0x{bits:x}); the image cannot be read safely")]
+    #[error(
+        "unknown incompatible feature {names} (bits 0x{bits:x}); the image cannot be read safely"
+    )]
     UnknownIncompatibleFeatures {
         /// The unknown bits.
         bits: u64,

@@ -187,7 +187,11 @@ impl Header {
                         len: cluster0.len(),
                     });
                 }
-                let compression_byte = if header_length > 104 { cluster0[104] } else { 0 };
+                let compression_byte = if header_length > 104 {
+                    cluster0[104]
+                } else {
+                    0
+                };
                 (
                     field.u64(72),
                     field.u64(80),
@@ -244,7 +248,10 @@ impl Header {
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Err(Qcow2Error::UnknownIncompatibleFeatures { bits: unknown, names });
+            return Err(Qcow2Error::UnknownIncompatibleFeatures {
+                bits: unknown,
+                names,
+            });
         }
         let compression = match (compression_byte, incompat & INCOMPAT_COMPRESSION != 0) {
             (0, false) => ClusterCompression::Deflate,
@@ -266,22 +273,28 @@ impl Header {
         // Geometry.
         let header_virtual_size = field.u64(24);
         let virtual_size = header_virtual_size & !511;
-        let l2_entry_bytes: u64 = if incompat & INCOMPAT_EXTL2 != 0 { 16 } else { 8 };
+        let l2_entry_bytes: u64 = if incompat & INCOMPAT_EXTL2 != 0 {
+            16
+        } else {
+            8
+        };
         let bytes_per_l2 = (cluster_size / l2_entry_bytes) << cluster_bits;
-        let l1_entries_needed = virtual_size.div_ceil(bytes_per_l2);
-        if l1_entries_needed > MAX_L1_ENTRIES {
+        // qemu sizes the L1 check by the size as written, then floors the size.
+        let l1_entries_for_header = header_virtual_size.div_ceil(bytes_per_l2);
+        if l1_entries_for_header > MAX_L1_ENTRIES {
             return Err(Qcow2Error::VirtualSizeTooLarge {
                 virtual_size: header_virtual_size,
-                l1_entries: l1_entries_needed,
+                l1_entries: l1_entries_for_header,
             });
         }
         let l1_size = u64::from(field.u32(36));
-        if l1_size < l1_entries_needed {
+        if l1_size < l1_entries_for_header {
             return Err(Qcow2Error::L1TooSmall {
                 l1_size,
-                needed: l1_entries_needed,
+                needed: l1_entries_for_header,
             });
         }
+        let l1_entries_needed = virtual_size.div_ceil(bytes_per_l2);
         let l1_table_offset = field.u64(40);
         if l1_entries_needed > 0 {
             if l1_table_offset % cluster_size != 0 {
@@ -360,7 +373,11 @@ struct Extension<'a> {
 }
 
 /// Walks the extension list in `[start, end)`, bounding every length.
-fn walk_extensions(bytes: &[u8], start: usize, end: usize) -> Result<Vec<Extension<'_>>, Qcow2Error> {
+fn walk_extensions(
+    bytes: &[u8],
+    start: usize,
+    end: usize,
+) -> Result<Vec<Extension<'_>>, Qcow2Error> {
     let mut found = Vec::new();
     let mut at = start;
     while at + 8 <= end {

@@ -50,8 +50,19 @@ impl MapEntry {
 
     /// Appends `next` to `self` if qemu would print them as one entry.
     fn try_merge(&mut self, next: &MapEntry) -> bool {
-        let same_flags = (self.present, self.zero, self.data, self.compressed, self.depth)
-            == (next.present, next.zero, next.data, next.compressed, next.depth);
+        let same_flags = (
+            self.present,
+            self.zero,
+            self.data,
+            self.compressed,
+            self.depth,
+        ) == (
+            next.present,
+            next.zero,
+            next.data,
+            next.compressed,
+            next.depth,
+        );
         let offsets_fit = match (self.offset, next.offset) {
             (None, None) => true,
             (Some(a), Some(b)) => a + self.length == b,

@@ -93,7 +93,9 @@ pub fn convert_stream(
     sink: &mut dyn ExtentSink,
     options: &StreamOptions,
 ) -> Result<Qcow2Summary, Qcow2Error> {
-    let head = stream.peek(header::V2_HEADER_LEN).map_err(Qcow2Error::Read)?;
+    let head = stream
+        .peek(header::V2_HEADER_LEN)
+        .map_err(Qcow2Error::Read)?;
     let cluster_bits = head
         .get(20..24)
         .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))

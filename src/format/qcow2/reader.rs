@@ -40,11 +40,19 @@ enum Claim {
     /// The needed part of the active L1 table.
     L1 { buf: BytesMut },
     /// One L2 table, mapping guest bytes from `guest_base`.
-    L2 { l1_index: u64, guest_base: u64, buf: BytesMut },
+    L2 {
+        l1_index: u64,
+        guest_base: u64,
+        buf: BytesMut,
+    },
     /// Uncompressed data; `guest` is where the want's current start goes.
     Data { guest: u64 },
     /// A compressed cluster for `guest`, read from `host`.
-    Compressed { guest: u64, host: u64, buf: BytesMut },
+    Compressed {
+        guest: u64,
+        host: u64,
+        buf: BytesMut,
+    },
 }
 
 /// A claimed range `[key.0, end)`.
@@ -156,11 +164,15 @@ impl<'a> Engine<'a> {
             let (_, mut want) = entry.remove_entry();
             debug_assert!(start >= chunk_start);
             if start > self.cursor {
-                self.unclaimed(self.cursor, &chunk[(self.cursor - chunk_start) as usize..(start - chunk_start) as usize])?;
+                self.unclaimed(
+                    self.cursor,
+                    &chunk[(self.cursor - chunk_start) as usize..(start - chunk_start) as usize],
+                )?;
                 self.cursor = start;
             }
             let take_end = want.end.min(chunk_end);
-            let piece = chunk.slice((start - chunk_start) as usize..(take_end - chunk_start) as usize);
+            let piece =
+                chunk.slice((start - chunk_start) as usize..(take_end - chunk_start) as usize);
             self.cursor = self.cursor.max(take_end);
             let complete = self.feed(&mut want, piece)?;
             if complete {
@@ -221,11 +233,13 @@ impl<'a> Engine<'a> {
             return Ok(());
         }
         let past_end = end.min(self.cursor);
-        let past = self.past_bytes(start, past_end).ok_or_else(|| Qcow2Error::NotRetained {
-            start,
-            end: past_end,
-            what: want.describe(),
-        })??;
+        let past = self
+            .past_bytes(start, past_end)
+            .ok_or_else(|| Qcow2Error::NotRetained {
+                start,
+                end: past_end,
+                what: want.describe(),
+            })??;
         let complete = self.feed(&mut want, past)?;
         if complete {
             self.complete(want)
@@ -457,14 +471,15 @@ impl<'a> Engine<'a> {
         let cluster = self.header.cluster_size();
         let end = host + len;
         let overlaps = |start: u64, stop: u64| host < stop && start < end;
-        let fail = |what| {
-            Err(Qcow2Error::DataOverlapsMetadata { guest, host, what })
-        };
+        let fail = |what| Err(Qcow2Error::DataOverlapsMetadata { guest, host, what });
         if overlaps(0, cluster) {
             return fail("header cluster");
         }
         let l1 = self.header.l1_table_offset;
-        if overlaps(l1, l1 + self.header.l1_bytes_needed().next_multiple_of(cluster)) {
+        if overlaps(
+            l1,
+            l1 + self.header.l1_bytes_needed().next_multiple_of(cluster),
+        ) {
             return fail("L1 table");
         }
         let rt = self.header.refcount_table_offset;
@@ -474,31 +489,40 @@ impl<'a> Engine<'a> {
         let first_candidate = self.l2_offsets.partition_point(|o| o + cluster <= host);
         if let Some(o) = self.l2_offsets.get(first_candidate) {
             if *o < end {
-                return fail("an L2 table");
+                return fail("L2 table");
             }
         }
         Ok(())
     }
 
     /// Decompresses a compressed cluster; `at_eof` allows a short input.
-    fn inflate(&mut self, guest: u64, host: u64, input: &[u8], at_eof: bool) -> Result<(), Qcow2Error> {
+    fn inflate(
+        &mut self,
+        guest: u64,
+        host: u64,
+        input: &[u8],
+        at_eof: bool,
+    ) -> Result<(), Qcow2Error> {
         let cluster = self.header.cluster_size() as usize;
-        let out = decompress_cluster(self.header.compression, input, cluster).map_err(|reason| {
-            if at_eof {
-                Qcow2Error::Truncated {
-                    stream_end: self.cursor,
-                    start: host,
-                    end: host + input.len() as u64,
-                    what: format!("the compressed cluster for guest offset {guest:#x} ({reason})"),
+        let out =
+            decompress_cluster(self.header.compression, input, cluster).map_err(|reason| {
+                if at_eof {
+                    Qcow2Error::Truncated {
+                        stream_end: self.cursor,
+                        start: host,
+                        end: host + input.len() as u64,
+                        what: format!(
+                            "the compressed cluster for guest offset {guest:#x} ({reason})"
+                        ),
+                    }
+                } else {
+                    Qcow2Error::BadCompressedCluster {
+                        guest,
+                        host,
+                        reason,
+                    }
                 }
-            } else {
-                Qcow2Error::BadCompressedCluster {
-                    guest,
-                    host,
-                    reason,
-                }
-            }
-        })?;
+            })?;
         let keep = (self.header.virtual_size - guest).min(cluster as u64) as usize;
         let mut out = Bytes::from(out);
         out.truncate(keep);
@@ -545,7 +569,9 @@ impl RunBuilder {
     /// Adds a piece; returns the previous run when the piece does not extend it.
     fn push(&mut self, next: Run) -> Option<Run> {
         match (&mut self.current, next) {
-            (Some(Run::Zero { guest, len }), Run::Zero { guest: g, len: l }) if *guest + *len == g => {
+            (Some(Run::Zero { guest, len }), Run::Zero { guest: g, len: l })
+                if *guest + *len == g =>
+            {
                 *len += l;
                 None
             }

@@ -107,8 +107,7 @@ impl Retained {
             let Some(spill) = &self.spill else {
                 return Ok(None);
             };
-            let Some(&(piece_start, file_off, len)) =
-                find_entry(&spill.index, at, |p| (p.0, p.2))
+            let Some(&(piece_start, file_off, len)) = find_entry(&spill.index, at, |p| (p.0, p.2))
             else {
                 return Ok(None);
             };
@@ -168,7 +167,10 @@ mod tests {
         assert_eq!(&store.take(104, 112).unwrap().unwrap()[..], b"efghijkl");
         assert_eq!(&store.take(200, 203).unwrap().unwrap()[..], b"XYZ");
         assert!(store.take(115, 120).unwrap().is_none(), "gap 116..200");
-        assert!(store.take(90, 101).unwrap().is_none(), "before the first piece");
+        assert!(
+            store.take(90, 101).unwrap().is_none(),
+            "before the first piece"
+        );
         store.clear();
         assert!(store.take(100, 101).unwrap().is_none());
     }

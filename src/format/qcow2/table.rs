@@ -30,7 +30,10 @@ pub fn l1_entry(header: &Header, index: u64, raw: u64) -> Result<Option<u64>, Qc
         return Err(bad("inside the header cluster"));
     }
     let l1_start = header.l1_table_offset;
-    let l1_end = l1_start + header.l1_bytes_needed().next_multiple_of(header.cluster_size());
+    let l1_end = l1_start
+        + header
+            .l1_bytes_needed()
+            .next_multiple_of(header.cluster_size());
     if offset < l1_end && l1_start < offset + header.cluster_size() {
         return Err(bad("it is the L1 table"));
     }
@@ -119,7 +122,9 @@ pub fn l2_entry(header: &Header, guest: u64, bytes: &[u8]) -> Result<ClusterMapp
             )));
         }
         if alloc != 0 && host == 0 {
-            return Err(bad("subclusters are allocated but the host offset is 0".into()));
+            return Err(bad(
+                "subclusters are allocated but the host offset is 0".into()
+            ));
         }
         if alloc != 0 && host % cluster_size != 0 {
             return Err(bad(format!("host offset {host:#x} is not cluster aligned")));
@@ -144,6 +149,11 @@ pub fn l2_entry(header: &Header, guest: u64, bytes: &[u8]) -> Result<ClusterMapp
     if raw & L2_ZERO != 0 {
         if header.version < 3 {
             return Err(bad("zero flag set in a version 2 image".into()));
+        }
+        if host % cluster_size != 0 {
+            return Err(bad(format!(
+                "preallocated zero cluster at host offset {host:#x} is not cluster aligned"
+            )));
         }
         return Ok(ClusterMapping::Whole(Mapping::Zero { host: host_opt }));
     }
