@@ -487,3 +487,23 @@ fn truncated_wrappers_fail_cleanly() {
     }
     finish("truncated inputs", failures);
 }
+
+/// The example the README opens with converts to the raw disk whose sha256 is committed
+/// next to it.
+#[test]
+fn bundled_example() {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/example"));
+    let sums = std::fs::read_to_string(dir.join("example-ext4.raw.sha256")).unwrap();
+    let want = sums.split_whitespace().next().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("example.raw");
+    let run = convert(&dir.join("example-ext4.qcow2.xz"), &target, &[]);
+    assert!(run.ok(), "{}", run.describe());
+    assert_eq!(
+        sha256_file(&target).unwrap(),
+        want,
+        "sha256 of the converted example"
+    );
+    assert_eq!(std::fs::metadata(&target).unwrap().len(), 16 << 20);
+    check_sparse(&target, nonzero_4k_bytes(&target)).unwrap();
+}
