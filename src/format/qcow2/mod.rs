@@ -16,6 +16,8 @@ pub mod map;
 mod reader;
 mod retained;
 pub mod table;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 

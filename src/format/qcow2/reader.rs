@@ -39,10 +39,9 @@ const WANT_COST: u64 = 128;
 enum Claim {
     /// The needed part of the active L1 table.
     L1 { buf: BytesMut },
-    /// One L2 table, mapping guest bytes from `guest_base`.
+    /// One L2 table; several L1 entries may name it: (L1 index, guest base) each.
     L2 {
-        l1_index: u64,
-        guest_base: u64,
+        targets: Vec<(u64, u64)>,
         buf: BytesMut,
     },
     /// Uncompressed data; `guest` is where the want's current start goes.
@@ -67,7 +66,7 @@ impl Want {
     fn describe(&self) -> String {
         match &self.claim {
             Claim::L1 { .. } => "the L1 table".into(),
-            Claim::L2 { l1_index, .. } => format!("the L2 table of L1 entry {l1_index}"),
+            Claim::L2 { targets, .. } => format!("the L2 table of L1 entry {}", targets[0].0),
             Claim::Data { guest } => format!("data for guest offset {guest:#x}"),
             Claim::Compressed { guest, .. } => {
                 format!("the compressed cluster for guest offset {guest:#x}")
@@ -92,6 +91,8 @@ pub struct Engine<'a> {
     /// Sorted host offsets of every L2 table (for overlap checks).
     l2_offsets: Vec<u64>,
     map: Option<MapBuilder>,
+    /// Bytes reserved for tables and compressed clusters being assembled.
+    assembling: u64,
     summary: Qcow2Summary,
 }
 
@@ -116,6 +117,7 @@ impl<'a> Engine<'a> {
             l2_pending: 0,
             l2_offsets: Vec::new(),
             map: options.collect_map.then(MapBuilder::default),
+            assembling: 0,
             summary,
             header,
             sink,
@@ -130,8 +132,13 @@ impl<'a> Engine<'a> {
         } else {
             let start = self.header.l1_table_offset;
             let end = start + self.header.l1_bytes_needed();
-            let buf = BytesMut::with_capacity((end - start) as usize);
-            self.add_want(start, end, Claim::L1 { buf })?;
+            self.add_want(
+                start,
+                end,
+                Claim::L1 {
+                    buf: BytesMut::new(),
+                },
+            )?;
         }
         while let Some(chunk) = stream.next_chunk().map_err(Qcow2Error::Read)? {
             self.consume_chunk(chunk)?;
@@ -200,6 +207,19 @@ impl<'a> Engine<'a> {
                 Ok(false)
             }
             Claim::L1 { buf } | Claim::L2 { buf, .. } | Claim::Compressed { buf, .. } => {
+                if buf.is_empty() {
+                    // Buffers are taken only when bytes arrive, and charged to
+                    // the budget, so no header or table can make us allocate
+                    // for ranges that never come.
+                    self.assembling += want.total;
+                    if self.assembling > self.max_wants as u64 * WANT_COST {
+                        return Err(Qcow2Error::MemoryBudget {
+                            budget: self.max_wants as u64 * WANT_COST,
+                            what: "tables and compressed clusters being assembled",
+                        });
+                    }
+                    buf.reserve(want.total as usize);
+                }
                 buf.extend_from_slice(&piece);
                 Ok(buf.len() as u64 >= want.total)
             }
@@ -294,20 +314,31 @@ impl<'a> Engine<'a> {
     /// A table or compressed cluster has all its bytes.
     fn complete(&mut self, want: Want) -> Result<(), Qcow2Error> {
         match want.claim {
-            Claim::L1 { buf } => self.parse_l1(&buf),
-            Claim::L2 {
-                guest_base, buf, ..
-            } => {
-                self.parse_l2(guest_base, &buf)?;
+            Claim::L1 { buf } => {
+                self.release_assembly(buf.len() as u64);
+                self.parse_l1(&buf)
+            }
+            Claim::L2 { targets, buf } => {
+                self.release_assembly(buf.len() as u64);
+                for (_, guest_base) in targets {
+                    self.parse_l2(guest_base, &buf)?;
+                }
                 self.l2_pending -= 1;
                 if self.l2_pending == 0 {
                     self.mark_metadata_complete();
                 }
                 Ok(())
             }
-            Claim::Compressed { guest, host, buf } => self.inflate(guest, host, &buf, false),
+            Claim::Compressed { guest, host, buf } => {
+                self.release_assembly(buf.len() as u64);
+                self.inflate(guest, host, &buf, false)
+            }
             Claim::Data { .. } => Ok(()),
         }
+    }
+
+    fn release_assembly(&mut self, reserved: u64) {
+        self.assembling = self.assembling.saturating_sub(reserved);
     }
 
     fn mark_metadata_complete(&mut self) {
@@ -318,7 +349,7 @@ impl<'a> Engine<'a> {
     fn parse_l1(&mut self, table: &[u8]) -> Result<(), Qcow2Error> {
         let per_l2 = self.header.bytes_per_l2();
         let size = self.header.virtual_size;
-        let mut l2_tables = Vec::new();
+        let mut l2_tables: Vec<(u64, u64, u64)> = Vec::new();
         for (index, raw) in table.chunks_exact(8).enumerate() {
             let index = index as u64;
             let raw = u64::from_be_bytes(raw.try_into().expect("8 bytes"));
@@ -328,36 +359,37 @@ impl<'a> Engine<'a> {
                     let len = per_l2.min(size - guest_base);
                     self.zero_run(guest_base, len, Mapping::Unallocated { host: None })?;
                 }
-                Some(offset) => l2_tables.push((offset, index, guest_base)),
+                Some(offset) => {
+                    if (l2_tables.len() as u64 + 1).saturating_mul(WANT_COST) > self.budget() {
+                        return Err(Qcow2Error::MemoryBudget {
+                            budget: self.budget(),
+                            what: "the list of L2 tables",
+                        });
+                    }
+                    l2_tables.push((offset, index, guest_base));
+                }
             }
         }
-        if (l2_tables.len() as u64).saturating_mul(WANT_COST) > self.budget() {
-            return Err(Qcow2Error::MemoryBudget {
-                budget: self.budget(),
-                what: "the list of L2 tables",
-            });
+        // One want per distinct table, however many L1 entries name it.
+        l2_tables.sort_unstable();
+        let mut grouped: Vec<(u64, Vec<(u64, u64)>)> = Vec::new();
+        for (offset, index, guest_base) in l2_tables {
+            match grouped.last_mut() {
+                Some((last, targets)) if *last == offset => targets.push((index, guest_base)),
+                _ => grouped.push((offset, vec![(index, guest_base)])),
+            }
         }
-        self.l2_offsets = l2_tables.iter().map(|t| t.0).collect();
-        self.l2_offsets.sort_unstable();
-        self.l2_offsets.dedup();
-        self.summary.l2_tables = self.l2_offsets.len() as u64;
-        self.l2_pending = l2_tables.len() as u64;
+        self.l2_offsets = grouped.iter().map(|g| g.0).collect();
+        self.summary.l2_tables = grouped.len() as u64;
+        self.l2_pending = grouped.len() as u64;
         if self.l2_pending == 0 {
             self.mark_metadata_complete();
             return Ok(());
         }
         let cluster = self.header.cluster_size();
-        for (offset, l1_index, guest_base) in l2_tables {
-            let buf = BytesMut::with_capacity(cluster as usize);
-            self.add_want(
-                offset,
-                offset + cluster,
-                Claim::L2 {
-                    l1_index,
-                    guest_base,
-                    buf,
-                },
-            )?;
+        for (offset, targets) in grouped {
+            let buf = BytesMut::new();
+            self.add_want(offset, offset + cluster, Claim::L2 { targets, buf })?;
         }
         Ok(())
     }
@@ -428,14 +460,13 @@ impl<'a> Engine<'a> {
                 if let Some(done) = runs.take() {
                     self.flush_run(Some(done))?;
                 }
-                let cap = stored.min(2 * self.header.cluster_size()) as usize;
                 self.add_want(
                     host,
                     host + stored,
                     Claim::Compressed {
                         guest,
                         host,
-                        buf: BytesMut::with_capacity(cap),
+                        buf: BytesMut::new(),
                     },
                 )?;
             }
