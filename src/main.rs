@@ -152,7 +152,12 @@ fn convert(source: &str, target: &PathBuf, tuning: &Tuning, quiet: bool) -> Resu
 
 fn summary_line(source: &str, target: &std::path::Path, report: &Report, seconds: f64) -> String {
     let mut what = vec![format_name(report.format).to_string()];
-    what.extend(report.compression.iter().map(|c| format!("{c:?}").to_lowercase()));
+    what.extend(
+        report
+            .compression
+            .iter()
+            .map(|c| format!("{c:?}").to_lowercase()),
+    );
     let rate = report.virtual_size as f64 / seconds.max(1e-6);
     format!(
         "converted {source} ({}) to {}: {} virtual, {} written, {} left sparse, in {:.2} s ({}/s)",
@@ -195,7 +200,10 @@ fn info(source: &str, json: bool, map: bool, tuning: &Tuning) -> Result<(), Stri
     }
     let value = info_json(&report);
     if json {
-        println!("{}", serde_json::to_string_pretty(&value).expect("serializable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("serializable")
+        );
     } else {
         print_info_text(source, &report);
     }
@@ -277,5 +285,8 @@ fn print_info_text(source: &str, report: &Report) {
             println!("compressed clusters: {}", q.compressed_clusters);
         }
     }
-    println!("non-zero data: {}", cli_size::human(report.sink.bytes_written));
+    println!(
+        "non-zero data: {}",
+        cli_size::human(report.sink.bytes_written)
+    );
 }

@@ -94,7 +94,11 @@ pub fn run(
                 collect_map: options.collect_map,
             };
             let summary = qcow2::convert_stream(&mut stream, sink, &stream_options)?;
-            (summary.header.virtual_size, summary.stream_len, Some(summary))
+            (
+                summary.header.virtual_size,
+                summary.stream_len,
+                Some(summary),
+            )
         }
         ImageFormat::Raw | ImageFormat::Iso => {
             let summary = raw::convert_stream(&mut stream, sink)?;
