@@ -1,1 +1,154 @@
-fn main(){}
+//! Criterion throughput benchmarks of the core stages, each in bytes per
+//! second: the qcow2 reader (plain and compressed images made with qemu-img),
+//! the decoders, zero detection and the sparse file sink.
+//!
+//! Run with `cargo bench`; the qemu-img comparison on a real 2 GiB filesystem
+//! image is `bench/compare-qemu.sh`.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+use diskimport::decode::decode_all;
+use diskimport::extent::Extent;
+use diskimport::format::qcow2::{convert_stream, StreamOptions};
+use diskimport::sink::file::SparseFileSink;
+use diskimport::sink::null::NullSink;
+use diskimport::sink::zero_detect::is_zero;
+use diskimport::sink::ExtentSink;
+use diskimport::stream::ChunkStream;
+
+const MIB: usize = 1 << 20;
+
+/// 64 MiB of disk-like content: text-ish, random and zero regions.
+fn disk_content() -> Vec<u8> {
+    let mut data = vec![0u8; 64 * MIB];
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for (i, block) in data.chunks_mut(64 * 1024).enumerate() {
+        match i % 4 {
+            0 => {
+                for b in block.iter_mut() {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    *b = state as u8;
+                }
+            }
+            1 => {
+                for (j, b) in block.iter_mut().enumerate() {
+                    *b = b"the quick brown fox jumps over the lazy dog\n"[j % 44];
+                }
+            }
+            _ => {}
+        }
+    }
+    data
+}
+
+/// Builds a qcow2 from `raw` with qemu-img and returns its bytes.
+fn qcow2_of(dir: &Path, raw: &[u8], extra: &[&str]) -> Vec<u8> {
+    let raw_path = dir.join("in.raw");
+    let out = dir.join("out.qcow2");
+    std::fs::write(&raw_path, raw).unwrap();
+    let status = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .args(extra)
+        .arg(&raw_path)
+        .arg(&out)
+        .status()
+        .expect("qemu-img is needed for the qcow2 benchmarks");
+    assert!(status.success());
+    std::fs::read(out).unwrap()
+}
+
+fn qcow2_reader(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = disk_content();
+    let mut group = c.benchmark_group("qcow2_reader");
+    group.throughput(Throughput::Bytes(raw.len() as u64));
+    group.sample_size(10);
+    for (name, extra) in [
+        ("plain_64k", vec![]),
+        ("plain_4k", vec!["-o", "cluster_size=4096"]),
+        ("deflate_64k", vec!["-c"]),
+        ("zstd_64k", vec!["-c", "-o", "compression_type=zstd"]),
+    ] {
+        let image = Bytes::from(qcow2_of(dir.path(), &raw, &extra));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut stream = ChunkStream::from_bytes(image.clone());
+                let mut sink = NullSink::default();
+                convert_stream(&mut stream, &mut sink, &StreamOptions::default()).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn decoders(c: &mut Criterion) {
+    let raw = disk_content()[..16 * MIB].to_vec();
+    let gzip = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&raw).unwrap();
+        e.finish().unwrap()
+    };
+    let xz = {
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        e.write_all(&raw).unwrap();
+        e.finish().unwrap()
+    };
+    let zstd = zstd::bulk::compress(&raw, 3).unwrap();
+    let mut group = c.benchmark_group("decode");
+    group.throughput(Throughput::Bytes(raw.len() as u64));
+    group.sample_size(10);
+    for (name, packed) in [
+        ("gzip", gzip),
+        ("xz", xz),
+        ("zstd", zstd),
+        ("none", raw.clone()),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let input: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(packed.clone()));
+                let (_, mut decoded) = decode_all(input).unwrap();
+                std::io::copy(&mut decoded, &mut std::io::sink()).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn zero_detection(c: &mut Criterion) {
+    let zeros = vec![0u8; 4 * MIB];
+    let mut group = c.benchmark_group("zero_detect");
+    group.throughput(Throughput::Bytes(zeros.len() as u64));
+    group.bench_function("all_zero_4MiB", |b| b.iter(|| is_zero(&zeros)));
+    group.finish();
+}
+
+fn file_sink(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Bytes::from(disk_content());
+    let mut group = c.benchmark_group("file_sink");
+    group.throughput(Throughput::Bytes(data.len() as u64));
+    group.sample_size(10);
+    group.bench_function("sparse_64MiB_half_zero", |b| {
+        b.iter(|| {
+            let target = dir.path().join("disk.raw");
+            let mut sink = SparseFileSink::create(&target).unwrap();
+            sink.set_size(data.len() as u64).unwrap();
+            for (i, piece) in data.chunks(MIB).enumerate() {
+                let at = (i * MIB) as u64;
+                sink.write(Extent::data(at, data.slice_ref(piece))).unwrap();
+            }
+            sink.finish().unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, qcow2_reader, decoders, zero_detection, file_sink);
+criterion_main!(benches);
