@@ -3,15 +3,17 @@
 #
 #   testdata/make_matrix.sh OUTDIR
 #
-# Every image is made with qemu-img / qemu-io (plus coreutils, gzip, xz, zstd to make
-# raw inputs and wrappers; nothing is installed here). For each input NAME.EXT it writes
+# Every image is made with qemu-img / qemu-io (plus coreutils, gzip, xz, zstd, bzip2 to
+# make raw inputs and wrappers; nothing is installed here). For each input NAME.EXT:
 #   NAME.EXT                 the input (EXT = qcow2, img or iso)
-#   NAME.EXT.gz/.xz/.zst     the same input wrapped (gzip -k, xz -k -T0, zstd -q -k)
+#   NAME.EXT.gz/.xz/.zst/.bz2  the same input wrapped (gzip -k, xz -k -T0, zstd -q -k,
+#                            bzip2 -k)
 #   NAME.raw                 the oracle: qemu-img convert -O raw (raw inputs: a copy)
 #   NAME.map.json            qemu-img map --output=json (qcow2 only)
 #   NAME.info.json           qemu-img info --output=json (qcow2 only)
 # and manifest.txt, one line per input: FAMILY NAME EXT TAGS (TAGS comma separated, "-"
-# for none). Tags: nomap = do not compare `info --map` with qemu-img map; spill = the
+# for none); plus two nested wrappers, conv_v3_64k.qcow2.gz.xz and
+# comp_zlib_4k.qcow2.bz2.zst. Tags: nomap = do not compare `info --map` with qemu-img map; spill = the
 # tables come after the data, a streaming reader must buffer or spill.
 #
 # Random data comes from /dev/urandom, so the images differ between runs; the oracle is
@@ -22,8 +24,8 @@ if [[ $# -ne 1 ]]; then
     echo "usage: $0 OUTDIR" >&2
     exit 2
 fi
-for tool in qemu-img qemu-io gzip xz zstd; do
-    command -v "$tool" >/dev/null || { echo "$0: $tool not found (install qemu-utils xz-utils zstd gzip)" >&2; exit 1; }
+for tool in qemu-img qemu-io gzip xz zstd bzip2; do
+    command -v "$tool" >/dev/null || { echo "$0: $tool not found (install qemu-utils xz-utils zstd gzip bzip2)" >&2; exit 1; }
 done
 
 OUT=$1
@@ -300,10 +302,19 @@ while read -r family name ext tags; do
     else
         cp --sparse=always "$name.$ext" "$name.raw"
     fi
-    gzip -k -f "$name.$ext"
-    xz -k -f -T0 --block-size=1MiB "$name.$ext"   # several blocks: exercises multi-block decoding
-    zstd -q -k -f "$name.$ext"
 done < manifest.txt
+
+# The wrappers, four compressors at a time.
+while read -r family name ext tags; do
+    gzip -k -f "$name.$ext" &
+    xz -k -f -T0 --block-size=1MiB "$name.$ext" & # several blocks: multi-block decoding
+    zstd -q -k -f "$name.$ext" &
+    bzip2 -k -f "$name.$ext" &
+    wait
+done < manifest.txt
+# Nested wrappers (peeled outermost first) for two inputs.
+gzip -c conv_v3_64k.qcow2 | xz -T0 > conv_v3_64k.qcow2.gz.xz
+zstd -q -c comp_zlib_4k.qcow2.bz2 > comp_zlib_4k.qcow2.bz2.zst
 
 rm -rf work
 echo "matrix: $(wc -l < manifest.txt) inputs in $OUT"

@@ -1,7 +1,7 @@
 //! The qcow2 matrix: images made by `testdata/make_matrix.sh` with qemu-img / qemu-io
 //! (versions, cluster sizes, deflate and zstd clusters, extended L2, zero clusters,
 //! discards, preallocation, internal snapshots, resize, empty and odd-sized images, raw
-//! and ISO inputs), each also wrapped in gzip, xz and zstd. Every input must convert to
+//! and ISO inputs), each also wrapped in gzip, xz, zstd and bzip2. Every input must convert to
 //! exactly the bytes of `qemu-img convert -O raw`, sparsely; `info --map` must equal
 //! `qemu-img map --output=json`.
 //!
@@ -50,6 +50,7 @@ const WRAPPERS: &[(&str, Option<&str>)] = &[
     (".gz", Some("gzip")),
     (".xz", Some("xz")),
     (".zst", Some("zstd")),
+    (".bz2", Some("bzip2")),
 ];
 
 static MATRIX: OnceLock<Matrix> = OnceLock::new();
@@ -506,4 +507,35 @@ fn bundled_example() {
     );
     assert_eq!(std::fs::metadata(&target).unwrap().len(), 16 << 20);
     check_sparse(&target, nonzero_4k_bytes(&target)).unwrap();
+}
+
+/// Wrappers inside wrappers are peeled outermost first.
+#[test]
+fn nested_wrappers() {
+    let m = matrix();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for (name, wrapper, chain) in [
+        ("conv_v3_64k", ".gz.xz", ["xz", "gzip"]),
+        ("comp_zlib_4k", ".bz2.zst", ["zstd", "bzip2"]),
+    ] {
+        let e = m.entries.iter().find(|e| e.name == name).unwrap();
+        let input = m.input(e, wrapper);
+        let what = format!("{}.{}{wrapper}", e.name, e.ext);
+        let target = tmp.path().join("nested.out");
+        let run = convert(&input, &target, &[]);
+        if let Err(why) = check_output(m, e, &run, &target) {
+            failures.push(format!("{what}: {why}"));
+        }
+        let run = diskimport(&["info".as_ref(), input.as_os_str(), "--json".as_ref()]);
+        match serde_json::from_slice::<Value>(&run.stdout) {
+            Ok(info) if info["compression"] == serde_json::json!(chain) => {}
+            Ok(info) => failures.push(format!(
+                "{what}: info compression {} (expected {chain:?})",
+                info["compression"]
+            )),
+            Err(_) => failures.push(format!("{what}: info --json: {}", run.describe())),
+        }
+    }
+    finish("nested wrappers", failures);
 }
