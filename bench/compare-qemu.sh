@@ -39,9 +39,18 @@ if [ ! -s "$img" ]; then
 fi
 echo "image: $(qemu-img info "$img" | grep -E 'virtual size|disk size' | tr '\n' ' ')"
 
+# Each run starts from the same state: outputs removed, dirty pages written,
+# and (when we may) the page cache dropped, so both tools read the image cold.
+drop_caches() {
+  sync
+  if [ -w /proc/sys/vm/drop_caches ] && [ "${BENCH_DROP_CACHES:-1}" = 1 ]; then
+    echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  fi
+}
+
 measure() { # name outfile command...
   local name=$1 out=$2; shift 2
-  rm -f "$out"; sync
+  rm -f "$out"; drop_caches
   /usr/bin/time -v "$@" 2> "$work/$name.time" >/dev/null
   local wall user sys rss
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {split($2,t,":"); if (length(t)==3) print t[1]*3600+t[2]*60+t[3]; else print t[1]*60+t[2]}' "$work/$name.time")

@@ -70,6 +70,13 @@ pub fn open_source(path: &str, progress: &Arc<Progress>) -> Result<Box<dyn Read 
             return Err(open_error(std::io::Error::other("is a directory")));
         }
         progress.set_source_total(meta.len());
+        // Read once, front to back: let the kernel read ahead further.
+        let _ = nix::fcntl::posix_fadvise(
+            &file,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+        );
         Box::new(file)
     };
     Ok(Box::new(CountingReader::new(reader, progress.clone())))
