@@ -1,6 +1,64 @@
 //! Sniffing and streaming decompression of the input (gzip, xz, zstd, bzip2).
+//!
+//! This module owns the stage between the source and the format reader:
+//! [`decode_all`] looks at the first bytes of the input, and while they are
+//! the magic of a compression format it wraps the reader in that format's
+//! streaming decoder and looks again at the *decoded* bytes, so nested
+//! wrappers (`.qcow2.gz.xz`) are peeled one after the other, outermost first,
+//! up to [`DecodeOptions::max_layers`] layers. Sniffing consumes nothing: the
+//! bytes looked at are handed back in front of the stream.
+//!
+//! Every decoder accepts what its command-line tool accepts as one file:
+//! several gzip members, several xz streams (with stream padding), several
+//! zstd frames (skippable frames included), several bzip2 streams.
+//!
+//! # Errors are never short streams
+//!
+//! A truncated or corrupt compressed stream is an [`io::Error`] from `read`,
+//! never an early `Ok(0)`: an importer that took a truncated download for the
+//! whole disk would write a silently damaged disk. The error wraps a
+//! [`StreamError`] that names the format (`"gzip stream ended early (truncated
+//! download?)"`, `"xz stream is corrupt: compressed data is corrupt"`); use
+//! [`stream_error`] to get at it. Errors of the reader *below* a decoder (the
+//! source, or an outer decoder) pass through unchanged, so the message always
+//! names the layer that failed.
+//!
+//! Bytes after the end of the last member / stream / frame are an error in
+//! every format, including zero bytes after a gzip member (GNU gzip only warns
+//! about those). An importer should not guess what extra bytes were meant to
+//! be. The one exception is xz stream padding (zero bytes in multiples of
+//! four), which the xz format defines. (gzip: junk shorter than a member
+//! header, 10 bytes, reads as a cut-off next member and is reported as
+//! "ended early".)
+//!
+//! What each format can detect differs: gzip, xz and bzip2 carry checksums of
+//! the data; a zstd frame does only if it was written with one (the `zstd`
+//! tool does by default, `--no-check` turns it off), so a zstd frame without
+//! a checksum can decode damaged literals without an error.
+//!
+//! # Memory
+//!
+//! Decoders allocate according to what the stream header asks for, within
+//! limits: xz decoding stops with an error above [`DecodeOptions::xz_memlimit`]
+//! (default 2 GiB, enough for the largest dictionary `xz` can write, 1.5 GiB),
+//! and zstd frames may use windows up to `2^zstd_window_log_max` bytes (default
+//! 2^31, the largest `zstd --long=31` writes; zstd's own default limit of 2^27
+//! would refuse such files).
+//!
+//! # Threads
+//!
+//! xz uses liblzma's multi-threaded decoder (threads = available cores; it
+//! falls back to fewer threads above [`DecodeOptions::xz_memlimit_threading`],
+//! and to the single-threaded decoder if it cannot be set up). It only runs in
+//! parallel on files written in several blocks (`xz -T0` does that); other
+//! files decode at single-thread speed. liblzma's threaded decoder has no
+//! "concatenated" flag in the Rust binding, so stream concatenation and
+//! padding are handled here ([`XzReader`]), the way `LZMA_CONCATENATED` does.
 
-use std::io::Read;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Cursor, Read};
+
+use liblzma::stream::{Action, MtStreamBuilder, Status, Stream};
 
 /// A compression wrapper recognized from its magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -16,18 +74,1088 @@ pub enum Compression {
     Bzip2,
 }
 
+impl Compression {
+    /// The short lower-case name (`"gzip"`, `"xz"`, `"zstd"`, `"bzip2"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Xz => "xz",
+            Compression::Zstd => "zstd",
+            Compression::Bzip2 => "bzip2",
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How many leading bytes [`sniff_compression`] needs to see to decide
+/// (fewer is fine at EOF: it then answers for what it has).
+pub const COMPRESSION_SNIFF_LEN: usize = 10;
+
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+/// bzip2 block header magic (BCD digits of pi), right after "BZh" + level.
+const BZIP2_BLOCK_MAGIC: &[u8] = &[0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
+/// bzip2 end-of-stream magic (BCD digits of sqrt(pi)): an empty stream.
+const BZIP2_EOS_MAGIC: &[u8] = &[0x17, 0x72, 0x45, 0x38, 0x50, 0x90];
+
+/// Names the compression wrapper whose magic `head` starts with, if any.
+///
+/// gzip needs only its two magic bytes (a raw disk practically never starts
+/// with them, and a damaged gzip header must fail loudly rather than be
+/// imported as a disk). zstd accepts frames and skippable frames
+/// (`0x184D2A50..=0x184D2A5F`, little-endian). bzip2 is only recognized with
+/// "BZh", a level digit and a block (or end-of-stream) magic, ten bytes in all,
+/// because "BZh" alone is plain text.
+pub fn sniff_compression(head: &[u8]) -> Option<Compression> {
+    if head.starts_with(GZIP_MAGIC) {
+        return Some(Compression::Gzip);
+    }
+    if head.starts_with(XZ_MAGIC) {
+        return Some(Compression::Xz);
+    }
+    if head.starts_with(ZSTD_MAGIC) {
+        return Some(Compression::Zstd);
+    }
+    if head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18] {
+        return Some(Compression::Zstd);
+    }
+    if head.len() >= 10
+        && head.starts_with(b"BZh")
+        && (b'1'..=b'9').contains(&head[3])
+        && (&head[4..10] == BZIP2_BLOCK_MAGIC || &head[4..10] == BZIP2_EOS_MAGIC)
+    {
+        return Some(Compression::Bzip2);
+    }
+    None
+}
+
+/// Limits and tuning of [`decode_all_with`]; [`Default`] is what
+/// [`decode_all`] uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// How many compression layers may be peeled; one more is an error.
+    pub max_layers: usize,
+    /// xz decoder threads; 0 means the available cores.
+    pub xz_threads: u32,
+    /// Above this much memory the xz decoder uses fewer threads (soft limit).
+    pub xz_memlimit_threading: u64,
+    /// Above this much memory xz decoding fails (hard limit).
+    pub xz_memlimit: u64,
+    /// Largest zstd window accepted, as a power of two (10..=31).
+    pub zstd_window_log_max: u32,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            max_layers: 4,
+            xz_threads: 0,
+            xz_memlimit_threading: 512 << 20,
+            xz_memlimit: 2 << 30,
+            zstd_window_log_max: 31,
+        }
+    }
+}
+
+/// Why a compressed stream could not be decoded. Carried inside the
+/// [`io::Error`] that a decoding reader returns (see [`stream_error`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The compressed bytes are not valid for the format.
+    #[error("{format} stream is corrupt: {detail}")]
+    Corrupt {
+        /// Which wrapper.
+        format: Compression,
+        /// What the decoder said.
+        detail: String,
+    },
+    /// The input ended inside the compressed stream.
+    #[error("{format} stream ended early (truncated download?)")]
+    Truncated {
+        /// Which wrapper.
+        format: Compression,
+    },
+    /// Decoding would need more memory than allowed.
+    #[error("{format} stream needs more than the {limit_mib} MiB memory limit to decode")]
+    MemoryLimit {
+        /// Which wrapper.
+        format: Compression,
+        /// The limit, in MiB.
+        limit_mib: u64,
+    },
+}
+
+/// The [`StreamError`] inside an error returned by a reader from
+/// [`decode_all`], if the error is a decoding error (and not, say, a network
+/// error of the source underneath).
+pub fn stream_error(error: &io::Error) -> Option<&StreamError> {
+    error.get_ref()?.downcast_ref::<StreamError>()
+}
+
 /// Errors of the decoding stage.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// Reading the input failed.
     #[error("reading the input: {0}")]
     Io(#[from] std::io::Error),
+    /// A compression layer is corrupt or truncated right at its start.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// More nested compression layers than [`DecodeOptions::max_layers`].
+    #[error("more than {limit} nested compression layers ({layers}); refusing to decode further")]
+    TooManyLayers {
+        /// The limit.
+        limit: usize,
+        /// The layers found, outermost first, e.g. "gzip in xz in gzip".
+        layers: String,
+    },
+    /// A decoder could not be set up (options refused, no memory).
+    #[error("starting the {format} decoder: {detail}")]
+    Init {
+        /// Which wrapper.
+        format: Compression,
+        /// What went wrong.
+        detail: String,
+    },
 }
+
+/// Buffer between each decoder and the reader below it.
+const INPUT_BUFFER: usize = 256 << 10;
 
 /// Peels every compression wrapper off `input` (sniffed from the bytes), and
 /// returns the wrappers found, outermost first, with the decoded stream.
 pub fn decode_all(
     input: Box<dyn Read + Send>,
 ) -> Result<(Vec<Compression>, Box<dyn Read + Send>), DecodeError> {
-    Ok((Vec::new(), input))
+    decode_all_with(input, &DecodeOptions::default())
+}
+
+/// [`decode_all`] with explicit limits.
+pub fn decode_all_with(
+    input: Box<dyn Read + Send>,
+    options: &DecodeOptions,
+) -> Result<(Vec<Compression>, Box<dyn Read + Send>), DecodeError> {
+    let mut layers = Vec::new();
+    let mut current = input;
+    loop {
+        let head =
+            read_head(&mut *current, COMPRESSION_SNIFF_LEN).map_err(|e| {
+                match stream_error(&e) {
+                    Some(se) => DecodeError::Stream(se.clone()),
+                    None => DecodeError::Io(e),
+                }
+            })?;
+        let found = sniff_compression(&head);
+        current = Box::new(Cursor::new(head).chain(current));
+        let Some(format) = found else {
+            return Ok((layers, current));
+        };
+        if layers.len() == options.max_layers {
+            layers.push(format);
+            let names: Vec<&str> = layers.iter().rev().map(|c| c.name()).collect();
+            return Err(DecodeError::TooManyLayers {
+                limit: options.max_layers,
+                layers: names.join(" in "),
+            });
+        }
+        current = wrap(format, current, options)?;
+        layers.push(format);
+    }
+}
+
+/// Reads up to `n` bytes, fewer only at EOF.
+fn read_head(input: &mut dyn Read, n: usize) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(n);
+    input.take(n as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// Puts the streaming decoder for `format` on top of `input`.
+fn wrap(
+    format: Compression,
+    input: Box<dyn Read + Send>,
+    options: &DecodeOptions,
+) -> Result<Box<dyn Read + Send>, DecodeError> {
+    let below = BufReader::with_capacity(INPUT_BUFFER, Upstream(input));
+    let init = |e: &dyn fmt::Display| DecodeError::Init {
+        format,
+        detail: e.to_string(),
+    };
+    Ok(match format {
+        Compression::Gzip => Box::new(Checked::new(
+            format,
+            flate2::bufread::MultiGzDecoder::new(below),
+        )),
+        Compression::Xz => Box::new(Checked::new(
+            format,
+            XzReader::new(below, options).map_err(|e| init(&e))?,
+        )),
+        Compression::Zstd => {
+            let mut decoder =
+                zstd::stream::read::Decoder::with_buffer(below).map_err(|e| init(&e))?;
+            decoder
+                .window_log_max(options.zstd_window_log_max)
+                .map_err(|e| init(&e))?;
+            Box::new(Checked::new(format, decoder))
+        }
+        Compression::Bzip2 => Box::new(Checked::new(
+            format,
+            bzip2::bufread::MultiBzDecoder::new(below),
+        )),
+    })
+}
+
+/// An error of the reader below a decoder, marked so that the decoder's
+/// [`Checked`] wrapper passes it on unchanged instead of blaming the format.
+#[derive(Debug)]
+struct UpstreamError(io::Error);
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// The reader below a decoder: marks its errors as [`UpstreamError`].
+struct Upstream(Box<dyn Read + Send>);
+
+impl Read for Upstream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::Interrupted {
+                e
+            } else {
+                io::Error::new(e.kind(), UpstreamError(e))
+            }
+        })
+    }
+}
+
+/// A decoder's output: turns the decoder's own errors into [`StreamError`]s
+/// naming the format, and unmarks errors from below.
+struct Checked<D> {
+    format: Compression,
+    inner: D,
+    /// Decoded bytes handed out so far.
+    produced: u64,
+}
+
+impl<D: Read> Checked<D> {
+    fn new(format: Compression, inner: D) -> Self {
+        Checked {
+            format,
+            inner,
+            produced: 0,
+        }
+    }
+
+    fn classify(&self, e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::Interrupted {
+            return e;
+        }
+        if e.get_ref().is_some_and(|r| r.is::<UpstreamError>()) {
+            let inner = e.into_inner().expect("checked above");
+            return match inner.downcast::<UpstreamError>() {
+                Ok(up) => up.0,
+                Err(other) => io::Error::other(other),
+            };
+        }
+        if stream_error(&e).is_some() {
+            return e;
+        }
+        let format = self.format;
+        let error = if e.kind() == io::ErrorKind::UnexpectedEof {
+            StreamError::Truncated { format }
+        } else {
+            let mut detail = e.to_string();
+            if format == Compression::Gzip && self.produced > 0 && detail == "invalid gzip header" {
+                // The first member's header is parsed before any output, so
+                // this is what follows a complete member.
+                detail = "the data after a complete gzip member is not another gzip \
+                          member (trailing garbage)"
+                    .into();
+            }
+            StreamError::Corrupt { format, detail }
+        };
+        io::Error::new(io::ErrorKind::InvalidData, error)
+    }
+}
+
+impl<D: Read> Read for Checked<D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.produced += n as u64;
+                Ok(n)
+            }
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+}
+
+/// Multi-stream xz decoding on liblzma's threaded decoder.
+///
+/// Decodes one stream at a time; after each, skips stream padding (zero bytes,
+/// a multiple of four) and starts a new decoder if more bytes follow, which
+/// must then be another xz stream. Produces [`StreamError`]s itself.
+struct XzReader<R> {
+    input: R,
+    /// The decoder of the current stream; `None` between streams.
+    stream: Option<Stream>,
+    threads: u32,
+    memlimit_threading: u64,
+    memlimit: u64,
+    /// Streams decoded completely so far.
+    streams_done: u64,
+    /// Consecutive `process` calls that made no progress.
+    stalls: u32,
+    done: bool,
+}
+
+impl<R: BufRead> XzReader<R> {
+    fn new(input: R, options: &DecodeOptions) -> Result<Self, liblzma::stream::Error> {
+        let threads = match options.xz_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()) as u32,
+            n => n,
+        };
+        let mut reader = XzReader {
+            input,
+            stream: None,
+            threads,
+            memlimit_threading: options.xz_memlimit_threading,
+            memlimit: options.xz_memlimit,
+            streams_done: 0,
+            stalls: 0,
+            done: false,
+        };
+        reader.stream = Some(reader.new_decoder()?);
+        Ok(reader)
+    }
+
+    /// The threaded decoder, or the single-threaded one if that fails.
+    fn new_decoder(&self) -> Result<Stream, liblzma::stream::Error> {
+        MtStreamBuilder::new()
+            .threads(self.threads.max(1))
+            .timeout_ms(0)
+            .memlimit_threading(self.memlimit_threading.min(self.memlimit))
+            .memlimit_stop(self.memlimit)
+            .decoder()
+            .or_else(|_| Stream::new_stream_decoder(self.memlimit, 0))
+    }
+
+    fn error(&self, error: StreamError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, error)
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> io::Error {
+        self.error(StreamError::Corrupt {
+            format: Compression::Xz,
+            detail: detail.into(),
+        })
+    }
+
+    fn lzma_error(&self, e: liblzma::stream::Error) -> io::Error {
+        use liblzma::stream::Error as E;
+        match e {
+            E::MemLimit => self.error(StreamError::MemoryLimit {
+                format: Compression::Xz,
+                limit_mib: self.memlimit >> 20,
+            }),
+            E::Mem => io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "xz decoder: cannot allocate memory",
+            ),
+            E::Format if self.streams_done > 0 => self.corrupt(format!(
+                "the data after xz stream {} is not another xz stream (trailing garbage)",
+                self.streams_done
+            )),
+            E::Format => self.corrupt("not an xz stream (bad magic)"),
+            E::Data => self.corrupt("compressed data is corrupt"),
+            E::Options => self.corrupt("unsupported header or filter options"),
+            E::UnsupportedCheck => self.corrupt("unsupported integrity check type"),
+            other => self.corrupt(other.to_string()),
+        }
+    }
+
+    /// After a stream: skips padding; true if another stream follows.
+    fn skip_padding(&mut self) -> io::Result<bool> {
+        let mut padding: u64 = 0;
+        loop {
+            let buf = self.input.fill_buf()?;
+            if buf.is_empty() {
+                break;
+            }
+            let zeros = buf.iter().take_while(|&&b| b == 0).count();
+            let more = zeros < buf.len();
+            self.input.consume(zeros);
+            padding += zeros as u64;
+            if more {
+                if padding % 4 != 0 {
+                    return Err(self.corrupt(format!(
+                        "{padding} zero bytes after xz stream {} (stream padding must be a \
+                         multiple of 4)",
+                        self.streams_done
+                    )));
+                }
+                return Ok(true);
+            }
+        }
+        if padding % 4 != 0 {
+            return Err(self.corrupt(format!(
+                "{padding} zero bytes at the end (stream padding must be a multiple of 4)"
+            )));
+        }
+        Ok(false)
+    }
+}
+
+impl<R: BufRead> Read for XzReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.done {
+                return Ok(0);
+            }
+            if self.stream.is_none() {
+                if !self.skip_padding()? {
+                    self.done = true;
+                    return Ok(0);
+                }
+                let stream = self.new_decoder().map_err(|e| self.lzma_error(e))?;
+                self.stream = Some(stream);
+            }
+            let stream = self.stream.as_mut().expect("set above");
+            let input = self.input.fill_buf()?;
+            let eof = input.is_empty();
+            let (in_before, out_before) = (stream.total_in(), stream.total_out());
+            let action = if eof { Action::Finish } else { Action::Run };
+            let status = stream.process(input, buf, action);
+            let consumed = (stream.total_in() - in_before) as usize;
+            let produced = (stream.total_out() - out_before) as usize;
+            self.input.consume(consumed);
+            match status {
+                Err(e) => return Err(self.lzma_error(e)),
+                Ok(Status::StreamEnd) => {
+                    self.stream = None;
+                    self.streams_done += 1;
+                    self.stalls = 0;
+                    if produced > 0 {
+                        return Ok(produced);
+                    }
+                }
+                Ok(status) => {
+                    if produced > 0 {
+                        self.stalls = 0;
+                        return Ok(produced);
+                    }
+                    if consumed > 0 {
+                        self.stalls = 0;
+                        continue;
+                    }
+                    // liblzma answers LZMA_BUF_ERROR (MemNeeded here) on the
+                    // second call in a row without progress.
+                    self.stalls += 1;
+                    if status == Status::MemNeeded || self.stalls > 3 {
+                        if eof {
+                            return Err(self.error(StreamError::Truncated {
+                                format: Compression::Xz,
+                            }));
+                        }
+                        return Err(self.corrupt("the decoder makes no progress"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Deterministic, somewhat compressible test data.
+    fn sample(len: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                if (i / 512) % 3 == 0 {
+                    0
+                } else {
+                    (x % 16) as u8 + b'a'
+                }
+            })
+            .collect()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn xz(data: &[u8]) -> Vec<u8> {
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// xz in several blocks, so the threaded decoder really runs in parallel.
+    fn xz_blocks(data: &[u8]) -> Vec<u8> {
+        let stream = MtStreamBuilder::new()
+            .threads(4)
+            .block_size(16 << 10)
+            .preset(1)
+            .encoder()
+            .unwrap();
+        let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// zstd with a content checksum, as the `zstd` tool writes by default.
+    /// (Without one, a frame cannot tell corrupt literals from good ones.)
+    fn zstd(data: &[u8]) -> Vec<u8> {
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        e.include_checksum(true).unwrap();
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn bzip2(data: &[u8]) -> Vec<u8> {
+        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn encode(format: Compression, data: &[u8]) -> Vec<u8> {
+        match format {
+            Compression::Gzip => gzip(data),
+            Compression::Xz => xz(data),
+            Compression::Zstd => zstd(data),
+            Compression::Bzip2 => bzip2(data),
+        }
+    }
+
+    const ALL: [Compression; 4] = [
+        Compression::Gzip,
+        Compression::Xz,
+        Compression::Zstd,
+        Compression::Bzip2,
+    ];
+
+    /// Feeds `bytes` through `decode_all` and reads everything. A decoding
+    /// error may come from `decode_all` (sniffing reads the first decoded
+    /// bytes) or from reading; both end up as a `DecodeError`.
+    fn decode(bytes: Vec<u8>) -> Result<(Vec<Compression>, Vec<u8>), DecodeError> {
+        let (layers, mut reader) = decode_all(Box::new(Cursor::new(bytes)))?;
+        let mut out = Vec::new();
+        reader
+            .read_to_end(&mut out)
+            .map_err(|e| match stream_error(&e) {
+                Some(se) => DecodeError::Stream(se.clone()),
+                None => DecodeError::Io(e),
+            })?;
+        Ok((layers, out))
+    }
+
+    fn expect_stream_error<T>(result: Result<T, DecodeError>) -> StreamError {
+        match result {
+            Err(DecodeError::Stream(se)) => se,
+            Err(other) => panic!("expected a StreamError, got {other:?}"),
+            Ok(_) => panic!("expected a StreamError, decoding succeeded"),
+        }
+    }
+
+    /// A reader that hands out at most one byte per call.
+    struct Trickle(Cursor<Vec<u8>>);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    /// A reader that fails after its data.
+    struct FailsAfter(Cursor<Vec<u8>>);
+
+    impl Read for FailsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "network gone",
+                )),
+                n => Ok(n),
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip_each_codec() {
+        let data = sample(200_000, 1);
+        for format in ALL {
+            let (layers, out) = decode(encode(format, &data)).unwrap();
+            assert_eq!(layers, vec![format]);
+            assert!(out == data, "{format} round trip differs");
+        }
+    }
+
+    #[test]
+    fn empty_payload_in_each_codec() {
+        for format in ALL {
+            let (layers, out) = decode(encode(format, b"")).unwrap();
+            assert_eq!(layers, vec![format]);
+            assert_eq!(out, b"", "{format}");
+        }
+    }
+
+    #[test]
+    fn sniffing_loses_no_byte_on_a_slow_source() {
+        let data = sample(20_000, 2);
+        for format in ALL {
+            let input = Trickle(Cursor::new(encode(format, &data)));
+            let (layers, mut reader) = decode_all(Box::new(input)).unwrap();
+            assert_eq!(layers, vec![format]);
+            let mut out = Vec::new();
+            reader.read_to_end(&mut out).unwrap();
+            assert!(out == data, "{format}");
+        }
+        let raw = sample(3000, 3);
+        let (layers, mut reader) = decode_all(Box::new(Trickle(Cursor::new(raw.clone())))).unwrap();
+        assert!(layers.is_empty());
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).unwrap();
+        assert_eq!(out, raw);
+    }
+
+    #[test]
+    fn multi_member_gzip() {
+        let (a, b) = (sample(50_000, 4), sample(30_000, 5));
+        let mut bytes = gzip(&a);
+        bytes.extend(gzip(&b));
+        bytes.extend(gzip(b""));
+        let (_, out) = decode(bytes).unwrap();
+        assert_eq!(out, [a, b].concat());
+    }
+
+    #[test]
+    fn multi_stream_xz_with_padding() {
+        let (a, b) = (sample(50_000, 6), sample(30_000, 7));
+        let mut bytes = xz(&a);
+        bytes.extend([0u8; 8]);
+        bytes.extend(xz(&b));
+        bytes.extend(xz(b""));
+        bytes.extend([0u8; 4]);
+        let (layers, out) = decode(bytes).unwrap();
+        assert_eq!(layers, vec![Compression::Xz]);
+        assert_eq!(out, [a, b].concat());
+    }
+
+    #[test]
+    fn xz_in_many_blocks_decodes_on_threads() {
+        let data = sample(300_000, 8);
+        let bytes = xz_blocks(&data);
+        let (_, out) = decode(bytes.clone()).unwrap();
+        assert!(out == data);
+        // And the single-threaded path gives the same.
+        let options = DecodeOptions {
+            xz_threads: 1,
+            ..DecodeOptions::default()
+        };
+        let (_, mut reader) = decode_all_with(Box::new(Cursor::new(bytes)), &options).unwrap();
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).unwrap();
+        assert!(out == data);
+    }
+
+    #[test]
+    fn xz_threaded_decoder_is_available() {
+        // decode_all falls back to the single-threaded decoder silently; make
+        // sure the threaded one is what normally runs.
+        let stream = MtStreamBuilder::new()
+            .threads(4)
+            .timeout_ms(0)
+            .memlimit_threading(512 << 20)
+            .memlimit_stop(2 << 30)
+            .decoder();
+        assert!(stream.is_ok());
+    }
+
+    #[test]
+    fn xz_memory_limit_is_an_error() {
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6); // 8 MiB dictionary
+        e.write_all(&sample(10_000, 20)).unwrap();
+        let bytes = e.finish().unwrap();
+        let options = DecodeOptions {
+            xz_memlimit: 1 << 20,
+            ..DecodeOptions::default()
+        };
+        let result =
+            decode_all_with(Box::new(Cursor::new(bytes)), &options).and_then(|(_, mut r)| {
+                let mut out = Vec::new();
+                r.read_to_end(&mut out)?;
+                Ok(out)
+            });
+        match result {
+            Err(DecodeError::Stream(e @ StreamError::MemoryLimit { .. })) => assert_eq!(
+                e.to_string(),
+                "xz stream needs more than the 1 MiB memory limit to decode"
+            ),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("decoded above the memory limit"),
+        }
+    }
+
+    #[test]
+    fn xz_bad_padding_is_an_error() {
+        let mut bytes = xz(b"hello");
+        bytes.extend([0u8; 3]);
+        let err = expect_stream_error(decode(bytes));
+        assert!(err.to_string().contains("multiple of 4"), "{err}");
+    }
+
+    #[test]
+    fn multi_frame_zstd_with_skippable_frames() {
+        let (a, b) = (sample(50_000, 9), sample(30_000, 10));
+        let skippable = |n: u8| {
+            let mut f = vec![0x50 + n, 0x2a, 0x4d, 0x18, 5, 0, 0, 0];
+            f.extend(b"skip!");
+            f
+        };
+        // A file that starts with a skippable frame is still zstd.
+        let mut bytes = skippable(0);
+        bytes.extend(zstd(&a));
+        bytes.extend(skippable(0xf));
+        bytes.extend(zstd(&b));
+        let (layers, out) = decode(bytes).unwrap();
+        assert_eq!(layers, vec![Compression::Zstd]);
+        assert_eq!(out, [a, b].concat());
+    }
+
+    #[test]
+    fn zstd_large_window() {
+        let data = sample(100_000, 11);
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        e.long_distance_matching(true).unwrap();
+        e.window_log(28).unwrap(); // above zstd's default decoder limit (27)
+        e.include_contentsize(false).unwrap();
+        e.write_all(&data).unwrap();
+        let (_, out) = decode(e.finish().unwrap()).unwrap();
+        assert!(out == data);
+    }
+
+    #[test]
+    fn multi_stream_bzip2() {
+        let (a, b) = (sample(50_000, 12), sample(30_000, 13));
+        let mut bytes = bzip2(&a);
+        bytes.extend(bzip2(&b));
+        let (_, out) = decode(bytes).unwrap();
+        assert_eq!(out, [a, b].concat());
+    }
+
+    #[test]
+    fn nested_layers_outermost_first() {
+        let data = sample(40_000, 14);
+        let bytes = xz(&gzip(&data)); // a .gz.xz
+        let (layers, out) = decode(bytes).unwrap();
+        assert_eq!(layers, vec![Compression::Xz, Compression::Gzip]);
+        assert!(out == data);
+
+        let bytes = bzip2(&zstd(&xz(&gzip(&data))));
+        let (layers, out) = decode(bytes).unwrap();
+        assert_eq!(
+            layers,
+            vec![
+                Compression::Bzip2,
+                Compression::Zstd,
+                Compression::Xz,
+                Compression::Gzip
+            ]
+        );
+        assert!(out == data);
+    }
+
+    #[test]
+    fn too_many_layers_is_an_error() {
+        let bytes = gzip(&gzip(&gzip(&gzip(&gzip(b"deep")))));
+        match decode_all(Box::new(Cursor::new(bytes))) {
+            Err(DecodeError::TooManyLayers { limit: 4, layers }) => {
+                assert_eq!(layers, "gzip in gzip in gzip in gzip in gzip")
+            }
+            Err(e) => panic!("wrong error {e}"),
+            Ok((layers, _)) => panic!("accepted {layers:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_stream_is_an_error_in_each_codec() {
+        let data = sample(100_000, 15);
+        for format in ALL {
+            let full = encode(format, &data);
+            for cut in [full.len() / 2, full.len() - 1] {
+                let err = expect_stream_error(decode(full[..cut].to_vec()));
+                assert_eq!(
+                    err,
+                    StreamError::Truncated { format },
+                    "{format} cut at {cut}"
+                );
+                assert_eq!(
+                    err.to_string(),
+                    format!("{format} stream ended early (truncated download?)")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn magic_alone_is_a_truncated_stream() {
+        for (format, bytes) in [
+            (Compression::Gzip, GZIP_MAGIC.to_vec()),
+            (Compression::Xz, XZ_MAGIC.to_vec()),
+            (Compression::Zstd, ZSTD_MAGIC.to_vec()),
+            (
+                Compression::Bzip2,
+                [b"BZh9".as_slice(), BZIP2_BLOCK_MAGIC].concat(),
+            ),
+        ] {
+            let result = decode_all(Box::new(Cursor::new(bytes))).and_then(|(_, mut r)| {
+                let mut out = Vec::new();
+                r.read_to_end(&mut out)?;
+                Ok(out)
+            });
+            let err = result.expect_err("must fail");
+            let text = err.to_string();
+            assert!(text.starts_with(format.name()), "{format}: {text}");
+            assert!(text.contains("ended early"), "{format}: {text}");
+        }
+    }
+
+    #[test]
+    fn corrupt_stream_is_an_error_in_each_codec() {
+        let data = sample(100_000, 16);
+        for format in ALL {
+            let mut bytes = encode(format, &data);
+            let mid = bytes.len() / 2;
+            for b in &mut bytes[mid..mid + 64] {
+                *b ^= 0x5a;
+            }
+            let err = expect_stream_error(decode(bytes));
+            assert!(
+                matches!(err, StreamError::Corrupt { format: f, .. } if f == format),
+                "{format}: {err}"
+            );
+            assert!(err
+                .to_string()
+                .starts_with(&format!("{format} stream is corrupt: ")));
+        }
+    }
+
+    #[test]
+    fn corrupt_header_is_named() {
+        // gzip with a reserved flag bit set.
+        let mut bytes = gzip(b"data");
+        bytes[3] = 0xe0;
+        let err = expect_stream_error(decode(bytes));
+        assert!(
+            err.to_string().starts_with("gzip stream is corrupt: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn trailing_garbage_is_an_error_in_each_codec() {
+        let data = sample(10_000, 17);
+        for format in ALL {
+            for tail in [&b"garbage after the stream"[..], &[0u8; 512][..]] {
+                if format == Compression::Xz && tail[0] == 0 {
+                    continue; // zero bytes in multiples of 4 are xz stream padding
+                }
+                let mut bytes = encode(format, &data);
+                bytes.extend_from_slice(tail);
+                let err = expect_stream_error(decode(bytes));
+                assert!(
+                    matches!(err, StreamError::Corrupt { format: f, .. } if f == format),
+                    "{format}: {err}"
+                );
+            }
+        }
+        // (gzip: fewer than 10 bytes of garbage read as a cut-off member
+        // header, "ended early"; still an error.)
+        let mut bytes = gzip(&data);
+        bytes.extend(b"garbage after the stream");
+        let err = expect_stream_error(decode(bytes));
+        assert!(err.to_string().contains("trailing garbage"), "{err}");
+        let mut bytes = xz(&data);
+        bytes.extend(b"garbage after the stream");
+        let err = expect_stream_error(decode(bytes));
+        assert!(err.to_string().contains("trailing garbage"), "{err}");
+    }
+
+    #[test]
+    fn source_errors_pass_through_unchanged() {
+        let data = sample(10_000, 18);
+        for format in ALL {
+            let bytes = encode(format, &data);
+            let cut = bytes[..bytes.len() / 2].to_vec();
+            // Fails in decode_all (if sniffing decoded it all) or in reading.
+            let err = match decode_all(Box::new(FailsAfter(Cursor::new(cut)))) {
+                Err(DecodeError::Io(e)) => e,
+                Err(other) => panic!("{format}: {other}"),
+                Ok((_, mut reader)) => reader.read_to_end(&mut Vec::new()).unwrap_err(),
+            };
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{format}");
+            assert_eq!(err.to_string(), "network gone", "{format}");
+            assert!(stream_error(&err).is_none());
+        }
+        // An inner layer sees the outer layer's error unchanged too.
+        let bytes = xz(&gzip(&data));
+        let cut = bytes[..bytes.len() / 2].to_vec();
+        let (layers, mut reader) = decode_all(Box::new(Cursor::new(cut))).unwrap();
+        assert_eq!(layers, vec![Compression::Xz, Compression::Gzip]);
+        let err = reader.read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(
+            stream_error(&err),
+            Some(&StreamError::Truncated {
+                format: Compression::Xz
+            })
+        );
+    }
+
+    #[test]
+    fn error_right_at_the_start_is_a_decode_error() {
+        // A nested gzip whose header is broken is sniffed by its magic, then
+        // fails on its header while decode_all looks at its first bytes.
+        let mut inner = gzip(b"inner");
+        inner[2] = 9; // unknown compression method
+        match decode_all(Box::new(Cursor::new(xz(&inner)))) {
+            Err(DecodeError::Stream(StreamError::Corrupt {
+                format: Compression::Gzip,
+                ..
+            })) => {}
+            Err(other) => panic!("{other:?}"),
+            Ok((layers, _)) => panic!("accepted {layers:?}"),
+        }
+        match decode_all(Box::new(Cursor::new(xz(&[0x1f, 0x8b, 0x08])))) {
+            Err(
+                e @ DecodeError::Stream(StreamError::Truncated {
+                    format: Compression::Gzip,
+                }),
+            ) => assert_eq!(
+                e.to_string(),
+                "gzip stream ended early (truncated download?)"
+            ),
+            Err(other) => panic!("{other:?}"),
+            Ok((layers, _)) => panic!("accepted {layers:?}"),
+        }
+    }
+
+    #[test]
+    fn raw_input_passes_through_untouched() {
+        let cases: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0x1f],
+            vec![0xfd],
+            b"BZh".to_vec(),
+            b"BZh91AY&SX not bzip2".to_vec(),
+            b"BZh9 some text".to_vec(),
+            vec![0x28, 0xb5, 0x2f],
+            vec![0x60, 0x2a, 0x4d, 0x18, 0, 0], // not a skippable magic
+            b"QFI\xfb\0\0\0\x03".to_vec(),
+            sample(70_000, 19),
+        ];
+        for raw in cases {
+            let (layers, out) = decode(raw.clone()).unwrap();
+            assert!(layers.is_empty(), "{:?}", &raw[..raw.len().min(10)]);
+            assert_eq!(out, raw);
+        }
+    }
+
+    #[test]
+    fn sniff_compression_magics() {
+        assert_eq!(sniff_compression(&[0x1f, 0x8b]), Some(Compression::Gzip));
+        assert_eq!(sniff_compression(XZ_MAGIC), Some(Compression::Xz));
+        assert_eq!(sniff_compression(&XZ_MAGIC[..5]), None);
+        assert_eq!(sniff_compression(ZSTD_MAGIC), Some(Compression::Zstd));
+        assert_eq!(
+            sniff_compression(&[0x5f, 0x2a, 0x4d, 0x18]),
+            Some(Compression::Zstd)
+        );
+        assert_eq!(sniff_compression(&[0x4f, 0x2a, 0x4d, 0x18]), None);
+        let bz = [b"BZh1".as_slice(), BZIP2_BLOCK_MAGIC].concat();
+        assert_eq!(sniff_compression(&bz), Some(Compression::Bzip2));
+        let bz_empty = [b"BZh9".as_slice(), BZIP2_EOS_MAGIC].concat();
+        assert_eq!(sniff_compression(&bz_empty), Some(Compression::Bzip2));
+        let bz_level0 = [b"BZh0".as_slice(), BZIP2_BLOCK_MAGIC].concat();
+        assert_eq!(sniff_compression(&bz_level0), None);
+        assert_eq!(sniff_compression(b""), None);
+        assert_eq!(Compression::Bzip2.to_string(), "bzip2");
+    }
+
+    #[test]
+    fn corpus_gzip_and_xz() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus/dfvfs/");
+        let read = |name: &str| std::fs::read(format!("{dir}{name}"));
+        let (Ok(gz), Ok(xzb), Ok(corrupt)) =
+            (read("syslog.gz"), read("syslog.xz"), read("corrupt1.gz"))
+        else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "corpus missing under {dir}"
+            );
+            eprintln!("corpus not found under {dir}; skipped");
+            return;
+        };
+        // sha256 of what `gzip -dc syslog.gz` and `xz -dc syslog.xz` print.
+        const SYSLOG_SHA256: &str =
+            "0420b023f8dc1b71ff25191ce4ce88d10028f99f99f7c21532611f4c273aeae9";
+        let sha256 = |b: &[u8]| {
+            use sha2::Digest;
+            sha2::Sha256::digest(b)
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>()
+        };
+        let (layers, out) = decode(gz).unwrap();
+        assert_eq!(layers, vec![Compression::Gzip]);
+        assert_eq!(out.len(), 1247);
+        assert_eq!(sha256(&out), SYSLOG_SHA256);
+        let (layers, out_xz) = decode(xzb).unwrap();
+        assert_eq!(layers, vec![Compression::Xz]);
+        assert_eq!(out_xz, out);
+        // corrupt1.gz is cut short: gzip -dc says "unexpected end of file"
+        // after 2994187 bytes. The error comes while reading, not sniffing.
+        let (layers, mut reader) = decode_all(Box::new(Cursor::new(corrupt))).unwrap();
+        assert_eq!(layers, vec![Compression::Gzip]);
+        let mut out = Vec::new();
+        let err = reader.read_to_end(&mut out).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "gzip stream ended early (truncated download?)"
+        );
+        assert_eq!(
+            stream_error(&err),
+            Some(&StreamError::Truncated {
+                format: Compression::Gzip
+            })
+        );
+    }
 }
