@@ -1,0 +1,18 @@
+//! Fuzz target: arbitrary bytes as a qcow2 image stream, through the
+//! streaming qcow2 reader into a sink that drops everything. The reader must
+//! refuse what it cannot read with an error: no panic, no hang, memory
+//! bounded by its options whatever the header claims.
+
+#![no_main]
+
+use bytes::Bytes;
+use diskimport::format::qcow2::{convert_stream, StreamOptions};
+use diskimport::sink::null::NullSink;
+use diskimport::stream::ChunkStream;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut stream = ChunkStream::from_bytes(Bytes::copy_from_slice(data));
+    let mut sink = NullSink::default();
+    let _ = convert_stream(&mut stream, &mut sink, &StreamOptions::default());
+});
