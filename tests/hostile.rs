@@ -329,3 +329,50 @@ fn accept_or_reject_entries_finish_cleanly() {
     ));
     finish("hostile accept-or-reject entries", t.failures);
 }
+
+/// A refused conversion must never create the target or replace an existing one, however
+/// the threads are scheduled: repeat a few early and late failures many times (a writer
+/// thread that finishes the target when its channel closes only loses this race
+/// sometimes).
+#[test]
+fn failed_conversions_never_leave_a_target() {
+    let Some(dir) = hostile_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    for file in [
+        "h19_l1_offset_zero.qcow2",             // refused at the header
+        "t11_l2_data_points_into_own_l2.qcow2", // refused at the L2 table
+        "x03_truncated_mid_data.qcow2",         // refused after data was written
+    ] {
+        for i in 0..100 {
+            runs += 1;
+            let target = tmp.path().join(format!("new-{i}.raw"));
+            let run = convert(&dir.join(file), &target, &[]);
+            if run.ok() || target.exists() {
+                failures.push(format!(
+                    "{file} run {i}: target {} after a failed conversion: {}",
+                    if target.exists() { "exists" } else { "absent" },
+                    run.describe()
+                ));
+            }
+            let existing = tmp.path().join(format!("existing-{i}.raw"));
+            std::fs::write(&existing, b"keep me").unwrap();
+            let run = convert(&dir.join(file), &existing, &[]);
+            match std::fs::read(&existing) {
+                Ok(b) if b == b"keep me" && !run.ok() => {}
+                Ok(b) => failures.push(format!(
+                    "{file} run {i}: existing target now has {} bytes (was 7): {}",
+                    b.len(),
+                    run.describe()
+                )),
+                Err(e) => failures.push(format!("{file} run {i}: existing target: {e}")),
+            }
+        }
+    }
+    note(&format!(
+        "hostile: {runs} x 2 failed conversions checked for a leftover target, {} bad",
+        failures.len()
+    ));
+    finish("leftover targets", failures);
+}
