@@ -43,6 +43,9 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# Release build: the matrix and corpus tests convert real images.
-cargo test --release --all-targets "$@"
-cargo test --release --doc
+# Release build: the matrix and corpus tests convert real images. --no-fail-fast: every
+# test binary runs, so one failure does not hide the others.
+status=0
+cargo test --release --no-fail-fast --all-targets "$@" || status=$?
+cargo test --release --doc || status=$?
+exit "$status"
