@@ -16,6 +16,9 @@ const DEPTH: usize = 8;
 enum Message {
     Size(u64),
     Write(Extent),
+    /// Everything was sent: make it durable. Without this message the writer
+    /// drops its sink unfinished (a failed import leaves no target).
+    Finish,
 }
 
 /// The caller's end of a sink running on a writer thread.
@@ -39,9 +42,14 @@ impl ThreadedSink {
                             sink.write(extent)?;
                             progress.add_written(len);
                         }
+                        Message::Finish => return sink.finish(),
                     }
                 }
-                sink.finish()
+                Err(SinkError::Io {
+                    what: "abandoning",
+                    path: "(target)".into(),
+                    source: std::io::Error::other("the import stopped before it was complete"),
+                })
             })
             .expect("spawning the write thread");
         ThreadedSink {
@@ -78,6 +86,7 @@ impl ExtentSink for ThreadedSink {
     }
 
     fn finish(&mut self) -> Result<SinkSummary, SinkError> {
+        self.send(Message::Finish)?;
         self.sender.take();
         match self.worker.take().map(|w| w.join()) {
             Some(Ok(result)) => result,
@@ -87,5 +96,56 @@ impl ExtentSink for ThreadedSink {
                 source: std::io::Error::other("the writer thread panicked"),
             }),
         }
+    }
+}
+
+impl Drop for ThreadedSink {
+    /// An unfinished sink is abandoned: the writer drops it (removing any
+    /// temporary file) before this returns.
+    fn drop(&mut self) {
+        self.sender.take();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::file::SparseFileSink;
+
+    #[test]
+    fn a_dropped_unfinished_sink_leaves_no_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("disk.raw");
+        let file = SparseFileSink::create(&target).unwrap();
+        let mut sink = ThreadedSink::spawn(Box::new(file), Arc::new(Progress::default()));
+        sink.set_size(8192).unwrap();
+        sink.write(Extent::data(0, bytes::Bytes::from_static(b"data")))
+            .unwrap();
+        drop(sink);
+        assert!(!target.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn a_finished_sink_publishes_the_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("disk.raw");
+        let file = SparseFileSink::create(&target).unwrap();
+        let mut sink = ThreadedSink::spawn(Box::new(file), Arc::new(Progress::default()));
+        sink.set_size(8192).unwrap();
+        sink.write(Extent::data(4096, bytes::Bytes::from_static(b"data")))
+            .unwrap();
+        let summary = sink.finish().unwrap();
+        assert_eq!(summary.size, 8192);
+        let bytes = std::fs::read(&target).unwrap();
+        assert_eq!(bytes.len(), 8192);
+        assert_eq!(&bytes[4096..4100], b"data");
     }
 }
