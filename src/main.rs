@@ -129,7 +129,12 @@ fn describe(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn convert(source: &str, target: &PathBuf, tuning: &Tuning, quiet: bool) -> Result<(), String> {
+fn convert(
+    source: &str,
+    target: &std::path::Path,
+    tuning: &Tuning,
+    quiet: bool,
+) -> Result<(), String> {
     let started = Instant::now();
     let progress = Arc::new(Progress::default());
     let input = pipeline::open_source(source, &progress).map_err(|e| describe(&e))?;

@@ -160,10 +160,7 @@ impl<'a> Engine<'a> {
         while self.recent.len() > 2 {
             self.recent.pop_front();
         }
-        loop {
-            let Some(entry) = self.wants.first_entry() else {
-                break;
-            };
+        while let Some(entry) = self.wants.first_entry() {
             let start = entry.key().0;
             if start >= chunk_end {
                 break;

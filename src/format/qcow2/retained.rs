@@ -96,8 +96,10 @@ impl Retained {
         let mut out = BytesMut::with_capacity((end - start) as usize);
         let mut at = start;
         while at < end {
-            if let Some((piece_start, piece)) = find(&self.memory, at, |p| (p.0, p.1.len() as u64))
+            if let Some((piece_start, piece)) =
+                find_entry(&self.memory, at, |p| (p.0, p.1.len() as u64))
             {
+                let piece_start = *piece_start;
                 let from = (at - piece_start) as usize;
                 let to = ((end - piece_start) as usize).min(piece.len());
                 out.extend_from_slice(&piece[from..to]);
@@ -133,15 +135,6 @@ impl Retained {
         self.memory_bytes = 0;
         self.spill = None;
     }
-}
-
-/// The in-memory piece containing `at`, as (start, bytes).
-fn find<'a>(
-    pieces: &'a [(u64, Bytes)],
-    at: u64,
-    span: impl Fn(&(u64, Bytes)) -> (u64, u64),
-) -> Option<(u64, &'a Bytes)> {
-    find_entry(pieces, at, span).map(|p| (p.0, &p.1))
 }
 
 /// The entry whose span `(start, len)` contains `at`.

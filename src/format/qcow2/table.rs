@@ -75,6 +75,9 @@ pub enum Mapping {
 
 /// A decoded L2 entry: one mapping for the whole cluster, or 32 for subclusters.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Returned by value and consumed at once, never stored in bulk: boxing the
+// subcluster array would only add an allocation per entry.
+#[allow(clippy::large_enum_variant)]
 pub enum ClusterMapping {
     /// The cluster as one piece.
     Whole(Mapping),

@@ -71,13 +71,13 @@ impl Image {
     fn l1(&mut self, l1_cluster: u64, index: u64, l2_cluster: u64) {
         self.set_u64(
             l1_cluster * CLUSTER + index * 8,
-            l2_cluster * CLUSTER | 1 << 63,
+            (l2_cluster * CLUSTER) | (1 << 63),
         );
     }
     fn l2(&mut self, l2_cluster: u64, index: u64, data_cluster: u64) {
         self.set_u64(
             l2_cluster * CLUSTER + index * 8,
-            data_cluster * CLUSTER | 1 << 63,
+            (data_cluster * CLUSTER) | (1 << 63),
         );
     }
     fn fill(&mut self, cluster: u64, byte: u8) {
