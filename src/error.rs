@@ -9,14 +9,8 @@ use crate::sink::SinkError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The source could not be opened.
-    #[error("opening {path}: {source}")]
-    OpenSource {
-        /// What was opened.
-        path: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
     /// The input stream failed (read error, or a corrupt compressed wrapper).
     #[error("reading the image: {0}")]
     Read(#[source] std::io::Error),

@@ -12,6 +12,7 @@ pub mod format;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;
+pub mod source;
 pub mod stream;
 
 pub use error::Error;

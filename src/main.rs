@@ -18,6 +18,7 @@ use diskimport::progress::Progress;
 use diskimport::sink::file::SparseFileSink;
 use diskimport::sink::null::NullSink;
 use diskimport::sink::threaded::ThreadedSink;
+use diskimport::source::{SourceKind, SourceOptions};
 
 /// Streaming disk-image importer: qcow2, raw and ISO (optionally gzip, xz,
 /// zstd or bzip2 compressed) to a sparse raw disk, reading the input once.
@@ -38,6 +39,8 @@ enum Command {
         target: PathBuf,
         #[command(flatten)]
         tuning: Tuning,
+        #[command(flatten)]
+        source_args: SourceArgs,
         /// No progress bar and no summary line.
         #[arg(long, short)]
         quiet: bool,
@@ -54,6 +57,8 @@ enum Command {
         map: bool,
         #[command(flatten)]
         tuning: Tuning,
+        #[command(flatten)]
+        source_args: SourceArgs,
     },
 }
 
@@ -66,6 +71,75 @@ struct Tuning {
     /// Directory for the spill file [default: the system temp directory].
     #[arg(long)]
     scratch_dir: Option<PathBuf>,
+}
+
+/// Options of network sources (http, s3, docker).
+#[derive(Args)]
+struct SourceArgs {
+    /// Treat SOURCE as this kind instead of guessing from its scheme (CDI's S3
+    /// endpoints are http(s) URLs).
+    #[arg(long, value_enum)]
+    source_kind: Option<SourceKind>,
+    /// Directory of extra CA certificates (PEM) to trust for TLS.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// Do not verify TLS certificates (registries: also allow plain http).
+    #[arg(long)]
+    insecure: bool,
+    /// User name (basic auth), or the S3 access key id.
+    #[arg(long, env = "DISKIMPORT_USERNAME")]
+    username: Option<String>,
+    /// Password (basic auth), or the S3 secret key.
+    #[arg(long, env = "DISKIMPORT_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Extra request header "Name: value" (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Directory of CA certificates for the proxy.
+    #[arg(long)]
+    proxy_ca_dir: Option<PathBuf>,
+    /// Expected digest of the source bytes as served: md5:HEX, sha1:HEX,
+    /// sha256:HEX or sha512:HEX.
+    #[arg(long)]
+    checksum: Option<String>,
+    /// Architecture to pick from a multi-platform registry image
+    /// [default: this machine's].
+    #[arg(long)]
+    arch: Option<String>,
+    /// S3 endpoint URL, for s3:// sources outside AWS.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long)]
+    region: Option<String>,
+}
+
+impl SourceArgs {
+    fn options(&self) -> Result<SourceOptions, String> {
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| {
+                h.split_once(':')
+                    .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                    .filter(|(n, _)| !n.is_empty())
+                    .ok_or_else(|| format!("header {h:?} is not \"Name: value\""))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SourceOptions {
+            kind: self.source_kind,
+            ca_dir: self.ca_dir.clone(),
+            insecure: self.insecure,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            headers,
+            proxy_ca_dir: self.proxy_ca_dir.clone(),
+            checksum: self.checksum.clone(),
+            arch: self.arch.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+        })
+    }
 }
 
 impl Tuning {
@@ -96,14 +170,16 @@ fn main() -> ExitCode {
             source,
             target,
             tuning,
+            source_args,
             quiet,
-        } => convert(&source, &target, &tuning, quiet),
+        } => convert(&source, &target, &tuning, &source_args, quiet),
         Command::Info {
             source,
             json,
             map,
             tuning,
-        } => info(&source, json, map, &tuning),
+            source_args,
+        } => info(&source, json, map, &tuning, &source_args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,11 +209,13 @@ fn convert(
     source: &str,
     target: &std::path::Path,
     tuning: &Tuning,
+    source_args: &SourceArgs,
     quiet: bool,
 ) -> Result<(), String> {
     let started = Instant::now();
     let progress = Arc::new(Progress::default());
-    let input = pipeline::open_source(source, &progress).map_err(|e| describe(&e))?;
+    let input = pipeline::open_source(source, &source_args.options()?, &progress)
+        .map_err(|e| describe(&e))?;
     let file_sink = SparseFileSink::create(target).map_err(|e| describe(&e))?;
     let mut sink = ThreadedSink::spawn(Box::new(file_sink), progress.clone());
     let bar = (!quiet).then(|| cli_progress::Bar::start(progress.clone()));
@@ -185,9 +263,16 @@ fn format_name(format: ImageFormat) -> &'static str {
     }
 }
 
-fn info(source: &str, json: bool, map: bool, tuning: &Tuning) -> Result<(), String> {
+fn info(
+    source: &str,
+    json: bool,
+    map: bool,
+    tuning: &Tuning,
+    source_args: &SourceArgs,
+) -> Result<(), String> {
     let progress = Arc::new(Progress::default());
-    let input = pipeline::open_source(source, &progress).map_err(|e| describe(&e))?;
+    let input = pipeline::open_source(source, &source_args.options()?, &progress)
+        .map_err(|e| describe(&e))?;
     let mut sink = NullSink::default();
     let report = pipeline::run(input, &mut sink, &tuning.options(map), progress)
         .map_err(|e| describe(&e))?;

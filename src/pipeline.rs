@@ -3,7 +3,6 @@
 //! its own thread (`stream`), the sink on another (`sink::threaded`), the format
 //! reader on the caller's.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,8 +11,9 @@ use crate::decode::{decode_all, Compression};
 use crate::error::Error;
 use crate::format::qcow2::{self, Qcow2Summary, StreamOptions};
 use crate::format::{raw, sniff_format, ImageFormat, SNIFF_LEN};
-use crate::progress::{CountingReader, Progress};
+use crate::progress::Progress;
 use crate::sink::{ExtentSink, SinkSummary};
+use crate::source::SourceOptions;
 use crate::stream::ChunkStream;
 
 /// How to run a conversion.
@@ -55,31 +55,13 @@ pub struct Report {
     pub sink: SinkSummary,
 }
 
-/// Opens a local source: a path, or `-` for standard input.
-pub fn open_source(path: &str, progress: &Arc<Progress>) -> Result<Box<dyn Read + Send>, Error> {
-    let open_error = |source| Error::OpenSource {
-        path: path.to_string(),
-        source,
-    };
-    let reader: Box<dyn Read + Send> = if path == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        let file = File::open(path).map_err(open_error)?;
-        let meta = file.metadata().map_err(open_error)?;
-        if meta.is_dir() {
-            return Err(open_error(std::io::Error::other("is a directory")));
-        }
-        progress.set_source_total(meta.len());
-        // Read once, front to back: let the kernel read ahead further.
-        let _ = nix::fcntl::posix_fadvise(
-            &file,
-            0,
-            0,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
-        );
-        Box::new(file)
-    };
-    Ok(Box::new(CountingReader::new(reader, progress.clone())))
+/// Opens a source (path, `-`, or URL) and counts what it reads.
+pub fn open_source(
+    spec: &str,
+    options: &SourceOptions,
+    progress: &Arc<Progress>,
+) -> Result<Box<dyn Read + Send>, Error> {
+    Ok(crate::source::open(spec, options, progress)?)
 }
 
 /// Converts the image read from `source` into `sink`.

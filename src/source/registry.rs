@@ -1,0 +1,24 @@
+//! registry source (stub: being written).
+
+use std::io::Read;
+use std::sync::Arc;
+
+use super::SourceOptions;
+use crate::progress::Progress;
+
+/// Errors of the registry source.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Not built yet.
+    #[error("registry sources are not supported yet")]
+    NotSupported,
+}
+
+/// Opens `spec`.
+pub fn open(
+    _spec: &str,
+    _options: &SourceOptions,
+    _progress: &Arc<Progress>,
+) -> Result<Box<dyn Read + Send>, RegistryError> {
+    Err(RegistryError::NotSupported)
+}
