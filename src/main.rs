@@ -15,6 +15,7 @@ use diskimport::format::qcow2::DEFAULT_MEMORY_BUDGET;
 use diskimport::format::ImageFormat;
 use diskimport::pipeline::{self, ConvertOptions, Report};
 use diskimport::progress::Progress;
+use diskimport::sink::block::BlockSink;
 use diskimport::sink::file::SparseFileSink;
 use diskimport::sink::null::NullSink;
 use diskimport::sink::threaded::ThreadedSink;
@@ -216,8 +217,8 @@ fn convert(
     let progress = Arc::new(Progress::default());
     let input = pipeline::open_source(source, &source_args.options()?, &progress)
         .map_err(|e| describe(&e))?;
-    let file_sink = SparseFileSink::create(target).map_err(|e| describe(&e))?;
-    let mut sink = ThreadedSink::spawn(Box::new(file_sink), progress.clone());
+    let target_sink = open_target(target).map_err(|e| describe(&e))?;
+    let mut sink = ThreadedSink::spawn(target_sink, progress.clone());
     let bar = (!quiet).then(|| cli_progress::Bar::start(progress.clone()));
     let result = pipeline::run(input, &mut sink, &tuning.options(false), progress.clone());
     if let Some(bar) = bar {
@@ -231,6 +232,20 @@ fn convert(
         );
     }
     Ok(())
+}
+
+/// A block device is written in place with O_DIRECT; anything else becomes a
+/// sparse regular file.
+fn open_target(
+    target: &std::path::Path,
+) -> Result<Box<dyn diskimport::sink::ExtentSink>, diskimport::sink::SinkError> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_block = std::fs::metadata(target).is_ok_and(|m| m.file_type().is_block_device());
+    Ok(if is_block {
+        Box::new(BlockSink::open(target)?)
+    } else {
+        Box::new(SparseFileSink::create(target)?)
+    })
 }
 
 fn summary_line(source: &str, target: &std::path::Path, report: &Report, seconds: f64) -> String {

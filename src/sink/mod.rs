@@ -1,6 +1,9 @@
 //! Sinks: where extents land. The [`ExtentSink`] trait is what every target
-//! implements (a sparse file now, a block device later); `null` counts and drops.
+//! implements: `file` (sparse regular file), `block` (O_DIRECT block device);
+//! `null` counts and drops; `threaded` moves any sink to a writer thread.
 
+pub mod aligned;
+pub mod block;
 pub mod file;
 pub mod null;
 pub mod threaded;
@@ -20,6 +23,14 @@ pub enum SinkError {
         len: u64,
         /// The target's size.
         size: u64,
+    },
+    /// The image does not fit the target device.
+    #[error("the image's virtual size {needed} bytes is larger than the target device ({available} bytes)")]
+    TargetTooSmall {
+        /// The image's virtual size.
+        needed: u64,
+        /// The device's size.
+        available: u64,
     },
     /// An I/O error on the target, with what was being done.
     #[error("{what} {path}: {source}")]
