@@ -82,7 +82,12 @@ pub fn run(
                 scratch_dir: options.scratch_dir.clone(),
                 collect_map: options.collect_map,
             };
-            let summary = qcow2::convert_stream(&mut stream, sink, &stream_options)?;
+            // A read error is the input's (source or decoder), not the qcow2's.
+            let summary =
+                qcow2::convert_stream(&mut stream, sink, &stream_options).map_err(|e| match e {
+                    qcow2::Qcow2Error::Read(io) => Error::Read(io),
+                    other => Error::Qcow2(other),
+                })?;
             (
                 summary.header.virtual_size,
                 summary.stream_len,

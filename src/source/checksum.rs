@@ -1,7 +1,16 @@
 //! `--checksum ALGO:HEX`: a digest over the bytes as served (before any
-//! decompression), checked when the stream ends. (Stub: being written.)
+//! decompression), checked when the stream ends.
+//!
+//! The check happens when the inner reader first returns EOF: a mismatch is
+//! then an `io::Error` whose message contains `checksum mismatch` and both
+//! digests, so the pipeline fails instead of publishing the target. A stream
+//! that is never read to its end is never declared good.
 
-use std::io::Read;
+use std::io::{self, Read};
+
+use md5::Md5;
+use sha1::Sha1;
+use sha2::{Digest, Sha256, Sha512};
 
 /// A malformed --checksum value.
 #[derive(Debug, thiserror::Error)]
@@ -9,18 +18,124 @@ pub enum ChecksumError {
     /// Not ALGO:HEX with a known algorithm.
     #[error("invalid checksum {0:?}: expected md5:HEX, sha1:HEX, sha256:HEX or sha512:HEX")]
     Invalid(String),
+    /// The hex part is not the digest length of the algorithm.
+    #[error("invalid checksum {text:?}: {algo} needs {want} hex digits, got {got}")]
+    Length {
+        /// The whole value.
+        text: String,
+        /// The algorithm.
+        algo: &'static str,
+        /// Hex digits expected.
+        want: usize,
+        /// Hex digits given.
+        got: usize,
+    },
+}
+
+/// A supported digest algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algo {
+    /// MD5.
+    Md5,
+    /// SHA-1.
+    Sha1,
+    /// SHA-256.
+    Sha256,
+    /// SHA-512.
+    Sha512,
+}
+
+impl Algo {
+    fn name(self) -> &'static str {
+        match self {
+            Algo::Md5 => "md5",
+            Algo::Sha1 => "sha1",
+            Algo::Sha256 => "sha256",
+            Algo::Sha512 => "sha512",
+        }
+    }
+
+    fn digest_len(self) -> usize {
+        match self {
+            Algo::Md5 => 16,
+            Algo::Sha1 => 20,
+            Algo::Sha256 => 32,
+            Algo::Sha512 => 64,
+        }
+    }
 }
 
 /// The expected digest.
 #[derive(Debug, Clone)]
 pub struct Expected {
-    text: String,
+    algo: Algo,
+    digest: Vec<u8>,
 }
 
 impl Expected {
-    /// Parses "ALGO:HEX".
+    /// Parses "ALGO:HEX" (algorithm name case-insensitive, hex of either case).
     pub fn parse(text: &str) -> Result<Self, ChecksumError> {
-        Err(ChecksumError::Invalid(text.to_string()))
+        let invalid = || ChecksumError::Invalid(text.to_string());
+        let (algo, hex_part) = text.trim().split_once(':').ok_or_else(invalid)?;
+        let algo = match algo.to_ascii_lowercase().as_str() {
+            "md5" => Algo::Md5,
+            "sha1" => Algo::Sha1,
+            "sha256" => Algo::Sha256,
+            "sha512" => Algo::Sha512,
+            _ => return Err(invalid()),
+        };
+        let want = algo.digest_len() * 2;
+        if hex_part.len() != want {
+            return Err(ChecksumError::Length {
+                text: text.to_string(),
+                algo: algo.name(),
+                want,
+                got: hex_part.len(),
+            });
+        }
+        let digest = hex::decode(hex_part).map_err(|_| invalid())?;
+        Ok(Expected { algo, digest })
+    }
+
+    /// The algorithm.
+    pub fn algo(&self) -> Algo {
+        self.algo
+    }
+}
+
+enum Hasher {
+    Md5(Md5),
+    Sha1(Sha1),
+    Sha256(Sha256),
+    Sha512(Sha512),
+}
+
+impl Hasher {
+    fn new(algo: Algo) -> Self {
+        match algo {
+            Algo::Md5 => Hasher::Md5(Md5::new()),
+            Algo::Sha1 => Hasher::Sha1(Sha1::new()),
+            Algo::Sha256 => Hasher::Sha256(Sha256::new()),
+            Algo::Sha512 => Hasher::Sha512(Sha512::new()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Md5(h) => h.update(data),
+            Hasher::Sha1(h) => h.update(data),
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Hasher::Md5(h) => h.finalize().to_vec(),
+            Hasher::Sha1(h) => h.finalize().to_vec(),
+            Hasher::Sha256(h) => h.finalize().to_vec(),
+            Hasher::Sha512(h) => h.finalize().to_vec(),
+        }
     }
 }
 
@@ -28,18 +143,131 @@ impl Expected {
 pub struct VerifyingReader<R> {
     inner: R,
     expected: Expected,
+    hasher: Option<Hasher>,
+    /// Set once the digest was checked and matched: later reads return EOF.
+    verified: bool,
 }
 
 impl<R> VerifyingReader<R> {
     /// Wraps `inner`.
     pub fn new(inner: R, expected: Expected) -> Self {
-        VerifyingReader { inner, expected }
+        let hasher = Some(Hasher::new(expected.algo));
+        VerifyingReader {
+            inner,
+            expected,
+            hasher,
+            verified: false,
+        }
     }
 }
 
 impl<R: Read> Read for VerifyingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let _ = &self.expected.text;
-        self.inner.read(buf)
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.verified || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        let Some(hasher) = self.hasher.as_mut() else {
+            // A mismatch was already reported; keep failing.
+            return Err(io::Error::other("checksum mismatch (already reported)"));
+        };
+        if n > 0 {
+            hasher.update(&buf[..n]);
+            return Ok(n);
+        }
+        let got = self.hasher.take().map(Hasher::finish).unwrap_or_default();
+        let name = self.expected.algo.name();
+        if got == self.expected.digest {
+            self.verified = true;
+            Ok(0)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "checksum validation failed: checksum mismatch: expected {name}:{}, calculated {name}:{}",
+                    hex::encode(&self.expected.digest),
+                    hex::encode(&got)
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATA: &[u8] = b"hello world\n";
+    // Digests of DATA.
+    const MD5: &str = "6f5902ac237024bdd0c176cb93063dc4";
+    const SHA1: &str = "22596363b3de40b06f981fb85d82312e8c0ed511";
+    const SHA256: &str = "a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447";
+    const SHA512: &str = "db3974a97f2407b7cae1ae637c0030687a11913274d578492558e39c16c017de84eacdc8c62fe34ee4e12b4b1428817f09b6a2760c3f8a664ceae94d2434a593";
+
+    fn read_all(spec: &str, data: &[u8]) -> io::Result<Vec<u8>> {
+        let mut r = VerifyingReader::new(data, Expected::parse(spec).unwrap());
+        let mut out = Vec::new();
+        // Small reads exercise the incremental hashing.
+        let mut buf = [0u8; 5];
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn good_digests_pass_for_every_algorithm() {
+        for spec in [
+            format!("md5:{MD5}"),
+            format!("sha1:{SHA1}"),
+            format!("sha256:{SHA256}"),
+            format!("SHA512:{}", SHA512.to_uppercase()),
+        ] {
+            assert_eq!(read_all(&spec, DATA).unwrap(), DATA, "{spec}");
+        }
+    }
+
+    #[test]
+    fn mismatch_is_an_error_naming_both_digests() {
+        let err = read_all(&format!("sha256:{SHA256}"), b"hello world!").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("checksum mismatch"), "{msg}");
+        assert!(msg.contains(SHA256), "{msg}");
+        assert!(msg.contains("calculated sha256:"), "{msg}");
+    }
+
+    #[test]
+    fn empty_input_is_checked_too() {
+        let e3b0 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert!(read_all(&format!("sha256:{e3b0}"), b"").unwrap().is_empty());
+        assert!(read_all(&format!("sha256:{SHA256}"), b"").is_err());
+    }
+
+    #[test]
+    fn malformed_values_are_rejected() {
+        for bad in [
+            "",
+            "sha256",
+            "crc32:12345678",
+            "sha256:abc",
+            &format!("md5:{SHA1}"),
+            &format!("sha1:{}", "zz".repeat(20)),
+        ] {
+            assert!(Expected::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let err = Expected::parse("sha1:abcd").unwrap_err().to_string();
+        assert!(err.contains("40 hex digits"), "{err}");
+    }
+
+    #[test]
+    fn reads_after_verified_eof_stay_eof() {
+        let mut r = VerifyingReader::new(DATA, Expected::parse(&format!("md5:{MD5}")).unwrap());
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(r.read(&mut buf).unwrap(), 0);
     }
 }

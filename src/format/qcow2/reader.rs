@@ -328,7 +328,7 @@ impl<'a> Engine<'a> {
             }
             Claim::Compressed { guest, host, buf } => {
                 self.release_assembly(buf.len() as u64);
-                self.inflate(guest, host, &buf, false)
+                self.inflate(guest, host, &buf, None)
             }
             Claim::Data { .. } => Ok(()),
         }
@@ -523,34 +523,36 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Decompresses a compressed cluster; `at_eof` allows a short input.
+    /// Decompresses a compressed cluster. At the end of the stream
+    /// (`eof_end` = the end of the range the entry claims) a short input is
+    /// fine if it still decompresses to a whole cluster; otherwise it is a
+    /// truncation.
     fn inflate(
         &mut self,
         guest: u64,
         host: u64,
         input: &[u8],
-        at_eof: bool,
+        eof_end: Option<u64>,
     ) -> Result<(), Qcow2Error> {
         let cluster = self.header.cluster_size() as usize;
-        let out =
-            decompress_cluster(self.header.compression, input, cluster).map_err(|reason| {
-                if at_eof {
-                    Qcow2Error::Truncated {
-                        stream_end: self.cursor,
-                        start: host,
-                        end: host + input.len() as u64,
-                        what: format!(
-                            "the compressed cluster for guest offset {guest:#x} ({reason})"
-                        ),
-                    }
-                } else {
-                    Qcow2Error::BadCompressedCluster {
-                        guest,
-                        host,
-                        reason,
-                    }
-                }
-            })?;
+        let out = decompress_cluster(self.header.compression, input, cluster).map_err(|reason| {
+            match eof_end {
+                Some(end) => Qcow2Error::Truncated {
+                    stream_end: self.cursor,
+                    start: host,
+                    end,
+                    what: format!(
+                        "the compressed cluster for guest offset {guest:#x} (only {} bytes present: {reason})",
+                        input.len()
+                    ),
+                },
+                None => Qcow2Error::BadCompressedCluster {
+                    guest,
+                    host,
+                    reason,
+                },
+            }
+        })?;
         let keep = (self.header.virtual_size - guest).min(cluster as u64) as usize;
         let mut out = Bytes::from(out);
         out.truncate(keep);
@@ -564,7 +566,7 @@ impl<'a> Engine<'a> {
         for ((start, _), want) in wants {
             match want.claim {
                 Claim::Compressed { guest, host, buf } if start >= host => {
-                    self.inflate(guest, host, &buf, true)?;
+                    self.inflate(guest, host, &buf, Some(want.end))?;
                 }
                 _ => {
                     return Err(Qcow2Error::Truncated {

@@ -21,6 +21,7 @@ pub struct Retained {
     memory_bytes: u64,
     spill: Option<Spill>,
     peak_memory: u64,
+    spilled_total: u64,
 }
 
 /// The spill file and its index: (stream offset, file offset, length).
@@ -40,6 +41,7 @@ impl Retained {
             memory_bytes: 0,
             spill: None,
             peak_memory: 0,
+            spilled_total: 0,
         }
     }
 
@@ -48,9 +50,9 @@ impl Retained {
         self.peak_memory
     }
 
-    /// Bytes written to the spill file in all.
+    /// Bytes written to the spill file in all (also after [`clear`](Self::clear)).
     pub fn spilled(&self) -> u64 {
-        self.spill.as_ref().map_or(0, |s| s.len)
+        self.spilled_total
     }
 
     /// Keeps `bytes`, which sit at stream `offset` (after everything kept so far).
@@ -88,6 +90,7 @@ impl Retained {
             .map_err(spill_error)?;
         spill.index.push((offset, spill.len, bytes.len() as u64));
         spill.len += bytes.len() as u64;
+        self.spilled_total += bytes.len() as u64;
         Ok(())
     }
 
@@ -166,5 +169,6 @@ mod tests {
         );
         store.clear();
         assert!(store.take(100, 101).unwrap().is_none());
+        assert_eq!(store.spilled(), 11, "the total survives clearing");
     }
 }
