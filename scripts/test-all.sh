@@ -43,6 +43,13 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+# s3s-fs: the S3 server that tests/s3_source.rs starts (pinned: 0.15+ needs rustc 1.96).
+# Compiled once (~2 min); skipped when that version is already on PATH.
+if [[ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs 0.14.1" ]]; then
+    echo "test-all: installing s3s-fs 0.14.1 (cargo install, ~2 min)" >&2
+    cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+
 # Release build: the matrix and corpus tests convert real images. --no-fail-fast: every
 # test binary runs, so one failure does not hide the others.
 status=0

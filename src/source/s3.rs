@@ -22,7 +22,8 @@
 //! running a small tokio runtime; chunks reach the reader over a bounded
 //! channel, so memory stays bounded. A stream that breaks is resumed with a
 //! ranged `GetObject` from the first missing byte, guarded by `If-Match` on the
-//! ETag, up to a retry budget with capped exponential backoff. A body that ends
+//! ETag, up to a retry budget (50 resumes, or 5 failed attempts in a row without
+//! a byte) with capped exponential backoff (0.2 s doubling to 5 s). A body that ends
 //! short of the object's size is an error, never a silent success.
 
 use std::fmt;
@@ -51,11 +52,13 @@ const DEFAULT_REGION: &str = "us-east-1";
 /// Chunks buffered between the download thread and the reader.
 const CHANNEL_CHUNKS: usize = 16;
 /// Resumes allowed after a broken stream, in total.
-const RETRY_BUDGET: u32 = 10;
+const RETRY_BUDGET: u32 = 50;
+/// Failed attempts in a row that delivered no byte before giving up.
+const STALLED_ATTEMPTS: u32 = 5;
 /// First backoff before a resume; doubled per failure without progress.
 const BACKOFF_START: Duration = Duration::from_millis(200);
 /// Largest backoff between two attempts.
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// Errors of the s3 source.
 #[derive(Debug, thiserror::Error)]
@@ -78,22 +81,27 @@ pub enum S3Error {
     #[error("starting the S3 download runtime: {0}")]
     Runtime(#[source] io::Error),
     /// The server refused a request, or it could not be sent.
-    #[error("{object} at {endpoint}: {operation} failed: {code}{status}: {message}")]
-    Request {
-        /// `s3://bucket/key`.
-        object: String,
-        /// The endpoint the request went to.
-        endpoint: String,
-        /// `HeadObject` or `GetObject`.
-        operation: &'static str,
-        /// The S3 error code (`NoSuchKey`, `AccessDenied`, ...) or a transport
-        /// error kind.
-        code: String,
-        /// `" (HTTP 403)"`, or empty when no response came.
-        status: String,
-        /// The server's message, or the transport error's chain.
-        message: String,
-    },
+    #[error(transparent)]
+    Request(Box<RequestFailure>),
+}
+
+/// A failed S3 request: which object, which operation, the S3 error code.
+#[derive(Debug, thiserror::Error)]
+#[error("{object} at {endpoint}: {operation} failed: {code}{status}: {message}")]
+pub struct RequestFailure {
+    /// `s3://bucket/key`.
+    pub object: String,
+    /// The endpoint the request went to.
+    pub endpoint: String,
+    /// `HeadObject` or `GetObject`.
+    pub operation: &'static str,
+    /// The S3 error code (`NoSuchKey`, `AccessDenied`, ...) or a transport
+    /// error kind.
+    pub code: String,
+    /// `" (HTTP 403)"`, or empty when no response came.
+    pub status: String,
+    /// The server's message, or the transport error's chain.
+    pub message: String,
 }
 
 /// Where the object is and how to reach it.
@@ -211,11 +219,7 @@ fn parse_location(spec: &str, options: &SourceOptions) -> Result<Location, S3Err
             let (bucket, key) = path
                 .split_once('/')
                 .ok_or_else(|| bad("expected http(s)://host[:port]/bucket/key"))?;
-            (
-                Some(endpoint),
-                percent_decode(bucket),
-                percent_decode(key),
-            )
+            (Some(endpoint), percent_decode(bucket), percent_decode(key))
         }
         other => return Err(bad(&format!("unsupported scheme {other:?}"))),
     };
@@ -455,13 +459,15 @@ async fn head(client: &aws_sdk_s3::Client, location: &Location) -> Result<Head, 
     match result {
         Ok(out) => {
             let size = out.content_length().unwrap_or(-1);
-            let size = u64::try_from(size).map_err(|_| S3Error::Request {
-                object: location.object(),
-                endpoint: location.endpoint_name(),
-                operation: "HeadObject",
-                code: "MissingContentLength".into(),
-                status: String::new(),
-                message: "the server did not report the object's size".into(),
+            let size = u64::try_from(size).map_err(|_| {
+                S3Error::Request(Box::new(RequestFailure {
+                    object: location.object(),
+                    endpoint: location.endpoint_name(),
+                    operation: "HeadObject",
+                    code: "MissingContentLength".into(),
+                    status: String::new(),
+                    message: "the server did not report the object's size".into(),
+                }))
             })?;
             Ok(Head {
                 size,
@@ -488,7 +494,11 @@ async fn head(client: &aws_sdk_s3::Client, location: &Location) -> Result<Head, 
 
 /// Builds the error for a failed request, with the S3 error code when the
 /// server sent one.
-fn request_error<E, R>(location: &Location, operation: &'static str, error: &SdkError<E, R>) -> S3Error
+fn request_error<E, R>(
+    location: &Location,
+    operation: &'static str,
+    error: &SdkError<E, R>,
+) -> S3Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: fmt::Debug + HasStatus,
@@ -504,7 +514,7 @@ where
             let message = error
                 .message()
                 .map(str::to_string)
-                .unwrap_or_else(|| DisplayErrorContext(error).to_string());
+                .unwrap_or_else(|| "(the server gave no message)".into());
             (code, message)
         }
         SdkError::TimeoutError(_) => ("Timeout".into(), DisplayErrorContext(error).to_string()),
@@ -521,14 +531,14 @@ where
             DisplayErrorContext(error).to_string(),
         ),
     };
-    S3Error::Request {
+    S3Error::Request(Box::new(RequestFailure {
         object: location.object(),
         endpoint: location.endpoint_name(),
         operation,
         code,
         status: status.map(|s| format!(" (HTTP {s})")).unwrap_or_default(),
         message,
-    }
+    }))
 }
 
 /// Access to the status code of the SDK's raw response type.
@@ -580,6 +590,7 @@ impl Download {
     async fn run(self) {
         let mut offset = 0u64;
         let mut retries = 0u32;
+        let mut stalled = 0u32;
         let mut backoff = BACKOFF_START;
         loop {
             let before = offset;
@@ -594,8 +605,11 @@ impl Download {
             };
             if offset > before {
                 backoff = BACKOFF_START;
+                stalled = 0;
+            } else {
+                stalled += 1;
             }
-            if retries >= RETRY_BUDGET {
+            if retries >= RETRY_BUDGET || stalled >= STALLED_ATTEMPTS {
                 let error = io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!(
@@ -788,14 +802,20 @@ mod tests {
         let loc = parse_location("s3://bucket/a/b.qcow2", &o).unwrap();
         assert_eq!(loc.endpoint.as_deref(), Some("http://minio:9000"));
         assert_eq!(loc.region, "eu-central-1");
-        assert_eq!((loc.bucket.as_str(), loc.key.as_str()), ("bucket", "a/b.qcow2"));
+        assert_eq!(
+            (loc.bucket.as_str(), loc.key.as_str()),
+            ("bucket", "a/b.qcow2")
+        );
     }
 
     #[test]
     fn region_comes_from_aws_host() {
         let loc = parse_location("https://s3.eu-west-1.amazonaws.com/b/k", &opts()).unwrap();
         assert_eq!(loc.region, "eu-west-1");
-        assert_eq!(aws_region_of_host("s3-us-west-2.amazonaws.com").as_deref(), Some("us-west-2"));
+        assert_eq!(
+            aws_region_of_host("s3-us-west-2.amazonaws.com").as_deref(),
+            Some("us-west-2")
+        );
         assert_eq!(aws_region_of_host("minio.ns.svc"), None);
     }
 

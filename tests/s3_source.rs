@@ -1,0 +1,668 @@
+//! The s3 source against a real S3 server: s3s-fs 0.14.1 (SigV4 checked), started
+//! per test on 127.0.0.1 with a kernel-chosen port and killed by PID at the end.
+//!
+//! s3s-fs stores bucket `B`, key `K` as the plain file `ROOT/B/K`, so objects are
+//! seeded by writing files. The images are made at test time with qemu-img and xz;
+//! every import runs the real binary and is compared byte for byte with
+//! `qemu-img convert -O raw`.
+//!
+//! s3s-fs is found via `S3S_FS`, then `PATH`, then `$CARGO_HOME/bin`
+//! (install: `cargo install s3s-fs --version 0.14.1 --features binary --locked`).
+//! Without it the tests are skipped with a message, except under CI (`CI` set),
+//! where a missing s3s-fs is a failure.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_diskimport");
+const ACCESS_KEY: &str = "AKIAIMPORTERTEST";
+const SECRET_KEY: &str = "importer-test-secret-key";
+const BUCKET: &str = "images";
+/// Time limit of one diskimport or helper run.
+const RUN_LIMIT: Duration = Duration::from_secs(90);
+
+fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// The s3s-fs binary, or `None` (skip) outside CI.
+fn s3s_fs_binary() -> Option<PathBuf> {
+    let candidates = std::env::var_os("S3S_FS")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("PATH")
+                .map(|p| {
+                    std::env::split_paths(&p)
+                        .map(|d| d.join("s3s-fs"))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+        )
+        .chain(
+            std::env::var_os("CARGO_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+                .map(|d| d.join("bin/s3s-fs")),
+        );
+    for candidate in candidates {
+        if candidate.is_file() {
+            return Some(candidate);
+        }
+    }
+    let install = "cargo install s3s-fs --version 0.14.1 --features binary --locked";
+    if std::env::var_os("CI").is_some() {
+        panic!("s3s-fs not found (CI is set, so the S3 tests must run): {install}");
+    }
+    note(&format!(
+        "skipped: s3s-fs not found (set S3S_FS, or: {install}); set CI=1 to make this a failure"
+    ));
+    None
+}
+
+/// A running s3s-fs, killed (by its PID) when dropped.
+struct S3Server {
+    child: Child,
+    endpoint: String,
+    port: u16,
+    root: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    fn start() -> Option<S3Server> {
+        let binary = s3s_fs_binary()?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        fs::create_dir_all(root.join(BUCKET)).unwrap();
+        let log_path = dir.path().join("s3s-fs.log");
+        let log = fs::File::create(&log_path).unwrap();
+        let child = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(&root)
+            .env("RUST_LOG", "s3s_fs=info,s3s=warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut server = S3Server {
+            child,
+            endpoint: String::new(),
+            port: 0,
+            root,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let marker = "server is running at http://127.0.0.1:";
+        loop {
+            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(at) = text.find(marker) {
+                let digits: String = text[at + marker.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                if let Ok(port) = digits.parse() {
+                    server.port = port;
+                    server.endpoint = format!("http://127.0.0.1:{port}");
+                    return Some(server);
+                }
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("s3s-fs exited ({status}) before listening; log:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not report its port within 20 s; log:\n{text}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stores `file` as object `key` in the test bucket.
+    fn put(&self, key: &str, file: &Path) {
+        let path = self.root.join(BUCKET).join(key);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::copy(file, &path).unwrap();
+    }
+
+    fn work(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a child process did.
+struct Run {
+    cmdline: String,
+    status: Option<ExitStatus>,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+    fn describe(&self) -> String {
+        let status = match self.status {
+            Some(s) => s.to_string(),
+            None => format!("KILLED after {RUN_LIMIT:?}"),
+        };
+        format!(
+            "`{}` -> {status}; stderr: {}",
+            self.cmdline,
+            self.stderr.trim()
+        )
+    }
+}
+
+/// Runs `program args` with `env` set and `env_remove` removed, killed after
+/// [`RUN_LIMIT`].
+fn run(program: &str, args: &[OsString], env: &[(&str, &str)], env_remove: &[&str]) -> Run {
+    let cmdline = std::iter::once(program.to_string())
+        .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for k in env_remove {
+        command.env_remove(k);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{cmdline}`: {e}"));
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        cmdline,
+        status,
+        stderr: reader.join().unwrap(),
+    }
+}
+
+/// AWS variables that would change which credentials the binary uses.
+const AWS_ENV: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "DISKIMPORT_USERNAME",
+    "DISKIMPORT_PASSWORD",
+];
+
+/// `diskimport convert SOURCE TARGET EXTRA... --quiet`, AWS environment cleared.
+fn import(source: &str, target: &Path, extra: &[&str]) -> Run {
+    import_env(source, target, extra, &[])
+}
+
+fn import_env(source: &str, target: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut args: Vec<OsString> = vec!["convert".into(), source.into(), target.into()];
+    args.extend(extra.iter().map(OsString::from));
+    args.push("--quiet".into());
+    run(BIN, &args, env, AWS_ENV)
+}
+
+fn credentials_args() -> Vec<&'static str> {
+    vec!["--username", ACCESS_KEY, "--password", SECRET_KEY]
+}
+
+fn tool(program: &str, args: &[&str]) {
+    let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+    let result = run(program, &args, &[], &[]);
+    assert!(result.ok(), "{}", result.describe());
+}
+
+/// Deterministic pseudo-random bytes (xorshift), incompressible enough.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A raw disk of `mib` MiB: data, a zero hole, a text pattern, more data.
+fn make_raw(path: &Path, mib: usize, seed: u64) {
+    let mib_bytes = 1 << 20;
+    let mut disk = vec![0u8; mib * mib_bytes];
+    let quarter = disk.len() / 4;
+    disk[..quarter].copy_from_slice(&noise(seed, quarter));
+    let pattern = b"diskimport s3 test pattern ";
+    for (i, b) in disk[2 * quarter..3 * quarter].iter_mut().enumerate() {
+        *b = pattern[i % pattern.len()];
+    }
+    let tail = disk.len() - 3 * quarter - 4096;
+    disk[3 * quarter..3 * quarter + tail].copy_from_slice(&noise(seed + 1, tail));
+    fs::write(path, disk).unwrap();
+}
+
+/// `qemu-img convert -O raw` of `image`: the expected output.
+fn oracle(image: &Path, out: &Path) {
+    tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            image.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+}
+
+fn assert_same(actual: &Path, expected: &Path) {
+    let a = fs::read(actual).unwrap_or_else(|e| panic!("{}: {e}", actual.display()));
+    let b = fs::read(expected).unwrap();
+    assert_eq!(a.len(), b.len(), "size of {}", actual.display());
+    if let Some(at) = a.iter().zip(&b).position(|(x, y)| x != y) {
+        panic!(
+            "{} differs from qemu-img's output at byte {at}",
+            actual.display()
+        );
+    }
+}
+
+/// A qcow2 made by qemu-img from a 4 MiB raw disk, stored as `dir/disk.qcow2`.
+fn seed_qcow2(server: &S3Server) -> PathBuf {
+    let raw = server.work().join("src.raw");
+    make_raw(&raw, 4, 7);
+    let qcow2 = server.work().join("disk.qcow2");
+    tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            qcow2.to_str().unwrap(),
+        ],
+    );
+    server.put("dir/disk.qcow2", &qcow2);
+    qcow2
+}
+
+#[test]
+fn qcow2_via_path_style_url_matches_qemu_img() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let qcow2 = seed_qcow2(&server);
+    let expected = server.work().join("expected.raw");
+    oracle(&qcow2, &expected);
+
+    let target = server.work().join("out.raw");
+    let url = format!("{}/{BUCKET}/dir/disk.qcow2", server.endpoint);
+    let mut extra = vec!["--source-kind", "s3"];
+    extra.extend(credentials_args());
+    let result = import(&url, &target, &extra);
+    assert!(result.ok(), "{}", result.describe());
+    assert_same(&target, &expected);
+}
+
+#[test]
+fn qcow2_via_s3_url_and_endpoint_matches_qemu_img() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let qcow2 = seed_qcow2(&server);
+    let expected = server.work().join("expected.raw");
+    oracle(&qcow2, &expected);
+
+    let target = server.work().join("out.raw");
+    let mut extra = vec![
+        "--endpoint",
+        server.endpoint.as_str(),
+        "--region",
+        "us-east-1",
+    ];
+    extra.extend(credentials_args());
+    let result = import(&format!("s3://{BUCKET}/dir/disk.qcow2"), &target, &extra);
+    assert!(result.ok(), "{}", result.describe());
+    assert_same(&target, &expected);
+}
+
+#[test]
+fn xz_raw_via_s3_url_with_env_credentials_matches_qemu_img() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let raw = server.work().join("disk.raw");
+    make_raw(&raw, 3, 11);
+    let expected = server.work().join("expected.raw");
+    oracle(&raw, &expected);
+    tool("xz", &["-k", "-T1", "-3", raw.to_str().unwrap()]);
+    server.put("disk.raw.xz", &server.work().join("disk.raw.xz"));
+
+    // s3://bucket/key with --endpoint and no --region (default us-east-1);
+    // credentials from the AWS environment variables.
+    let target = server.work().join("out.raw");
+    let result = import_env(
+        &format!("s3://{BUCKET}/disk.raw.xz"),
+        &target,
+        &["--endpoint", &server.endpoint],
+        &[
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ],
+    );
+    assert!(result.ok(), "{}", result.describe());
+    assert_same(&target, &expected);
+
+    // The same object by the path-style URL.
+    let target2 = server.work().join("out2.raw");
+    let url = format!("{}/{BUCKET}/disk.raw.xz", server.endpoint);
+    let mut extra = vec!["--source-kind", "s3"];
+    extra.extend(credentials_args());
+    let result = import(&url, &target2, &extra);
+    assert!(result.ok(), "{}", result.describe());
+    assert_same(&target2, &expected);
+}
+
+#[test]
+fn wrong_secret_fails_naming_signature_mismatch() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    seed_qcow2(&server);
+    let target = server.work().join("out.raw");
+    let url = format!("{}/{BUCKET}/dir/disk.qcow2", server.endpoint);
+    let result = import(
+        &url,
+        &target,
+        &[
+            "--source-kind",
+            "s3",
+            "--username",
+            ACCESS_KEY,
+            "--password",
+            "not-the-secret",
+        ],
+    );
+    assert!(
+        !result.ok(),
+        "succeeded with a wrong secret: {}",
+        result.describe()
+    );
+    assert!(result.status.is_some(), "{}", result.describe());
+    assert!(
+        result.stderr.contains("SignatureDoesNotMatch"),
+        "error does not name the signature failure: {}",
+        result.describe()
+    );
+    assert!(
+        result.stderr.contains("s3://images/dir/disk.qcow2"),
+        "error does not name the object: {}",
+        result.describe()
+    );
+    assert!(!target.exists(), "target left behind after a failed import");
+}
+
+#[test]
+fn missing_key_fails_naming_no_such_key() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let target = server.work().join("out.raw");
+    let mut extra = vec!["--endpoint", server.endpoint.as_str()];
+    extra.extend(credentials_args());
+    let result = import(&format!("s3://{BUCKET}/no/such.img"), &target, &extra);
+    assert!(
+        !result.ok() && result.status.is_some(),
+        "{}",
+        result.describe()
+    );
+    assert!(
+        result.stderr.contains("NoSuchKey") && result.stderr.contains("s3://images/no/such.img"),
+        "error does not name NoSuchKey and the object: {}",
+        result.describe()
+    );
+}
+
+#[test]
+fn anonymous_access_to_private_bucket_is_denied() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    seed_qcow2(&server);
+    let target = server.work().join("out.raw");
+    let url = format!("{}/{BUCKET}/dir/disk.qcow2", server.endpoint);
+    let result = import(&url, &target, &["--source-kind", "s3"]);
+    assert!(
+        !result.ok() && result.status.is_some(),
+        "{}",
+        result.describe()
+    );
+    assert!(
+        result.stderr.contains("AccessDenied"),
+        "error does not name AccessDenied: {}",
+        result.describe()
+    );
+}
+
+/// fault_proxy.py in front of the server; killed by PID when dropped.
+struct FaultProxy {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl FaultProxy {
+    fn start(server: &S3Server, options: &[&str]) -> FaultProxy {
+        let script = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/servers/fault_proxy.py"
+        ));
+        assert!(
+            script.is_file(),
+            "{} is missing: the shared test servers must sit next to the repository",
+            script.display()
+        );
+        let log = server.work().join("fault_proxy.log");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg("--upstream")
+            .arg(format!("127.0.0.1:{}", server.port))
+            .args(["--max-seconds", "120"])
+            .args(options)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("python3 fault_proxy.py");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("fault_proxy.py did not print its port within 20 s");
+        let port = line
+            .trim()
+            .strip_prefix("PORT=")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("fault_proxy.py printed {line:?}, not PORT=N"));
+        FaultProxy { child, port, log }
+    }
+
+    fn drops(&self) -> usize {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("dropped after")
+            .count()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A 6 MiB mostly incompressible raw object and its expected conversion.
+fn seed_big_raw(server: &S3Server) -> PathBuf {
+    let raw = server.work().join("big.raw");
+    make_raw(&raw, 6, 23);
+    server.put("big.raw", &raw);
+    let expected = server.work().join("expected.raw");
+    oracle(&raw, &expected);
+    expected
+}
+
+#[test]
+fn stream_dropped_mid_body_is_resumed_to_identical_output() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let expected = seed_big_raw(&server);
+    // The first connection is cut (FIN) after 1 MiB of response bytes.
+    let proxy = FaultProxy::start(&server, &["--drop-after", "1048576", "--drop-times", "1"]);
+    let target = server.work().join("out.raw");
+    let url = format!("http://127.0.0.1:{}/{BUCKET}/big.raw", proxy.port);
+    let mut extra = vec!["--source-kind", "s3"];
+    extra.extend(credentials_args());
+    let result = import(&url, &target, &extra);
+    assert!(result.ok(), "{}", result.describe());
+    assert_eq!(proxy.drops(), 1, "the proxy did not cut the stream");
+    assert_same(&target, &expected);
+}
+
+#[test]
+fn stream_reset_on_every_connection_is_resumed_to_identical_output() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let expected = seed_big_raw(&server);
+    // Every connection is reset (RST) after 1 MiB: six resumes are needed.
+    let proxy = FaultProxy::start(
+        &server,
+        &["--drop-after", "1048576", "--drop-times", "0", "--drop-rst"],
+    );
+    let target = server.work().join("out.raw");
+    let mut extra = vec!["--endpoint", "", "--region", "us-east-1"];
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    extra[1] = &endpoint;
+    extra.extend(credentials_args());
+    let result = import(&format!("s3://{BUCKET}/big.raw"), &target, &extra);
+    assert!(result.ok(), "{}", result.describe());
+    assert!(
+        proxy.drops() >= 5,
+        "expected the proxy to cut at least 5 streams, it cut {}",
+        proxy.drops()
+    );
+    assert_same(&target, &expected);
+}
+
+/// A fake S3 endpoint (no auth) whose HEAD reports 1000 bytes but whose GETs
+/// end, cleanly (close-delimited, no Content-Length), after 100 bytes.
+fn short_body_server() -> u16 {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => {}
+                }
+            }
+            let head = "HTTP/1.1 200 OK\r\nETag: \"e1\"\r\nContent-Type: \
+                        application/octet-stream\r\nConnection: close\r\n";
+            let _ = if request_line.starts_with("HEAD") {
+                write!(stream, "{head}Content-Length: 1000\r\n\r\n")
+            } else {
+                write!(stream, "{head}\r\n").and_then(|()| stream.write_all(&[0x5a; 100]))
+            };
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    port
+}
+
+#[test]
+fn body_ending_short_of_object_size_fails_instead_of_succeeding() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = short_body_server();
+    let target = dir.path().join("out.raw");
+    let started = Instant::now();
+    let result = import(
+        &format!("http://127.0.0.1:{port}/{BUCKET}/short.raw"),
+        &target,
+        &["--source-kind", "s3"],
+    );
+    assert!(
+        !result.ok() && result.status.is_some(),
+        "{}",
+        result.describe()
+    );
+    assert!(
+        result.stderr.contains("s3://images/short.raw")
+            && result.stderr.contains("stopped at byte 100 of 1000"),
+        "error does not say where the body stopped: {}",
+        result.describe()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "giving up took {:?}",
+        started.elapsed()
+    );
+    assert!(!target.exists(), "target left behind after a failed import");
+}
