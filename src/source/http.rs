@@ -211,7 +211,10 @@ pub fn open(
 
 fn build_client(options: &SourceOptions) -> Result<Client, HttpError> {
     let mut certs = Vec::new();
-    for dir in [&options.ca_dir, &options.proxy_ca_dir].into_iter().flatten() {
+    for dir in [&options.ca_dir, &options.proxy_ca_dir]
+        .into_iter()
+        .flatten()
+    {
         certs.extend(load_ca_dir(dir)?);
     }
     let mut builder = Client::builder()
@@ -570,10 +573,7 @@ impl Transfer {
             match body.read(buf) {
                 Ok(0) => match self.total {
                     Some(total) if self.pos < total => {
-                        let what = format!(
-                            "connection closed after {} of {total} bytes",
-                            self.pos
-                        );
+                        let what = format!("connection closed after {} of {total} bytes", self.pos);
                         self.note_failure(what, None)?;
                     }
                     Some(total) => {
@@ -740,9 +740,18 @@ mod tests {
     #[test]
     fn origin_compares_scheme_host_and_port() {
         let u = |s| Url::parse(s).unwrap();
-        assert!(same_origin(&u("http://a.example/x"), &u("http://A.example:80/y")));
-        assert!(!same_origin(&u("http://a.example/x"), &u("https://a.example/x")));
-        assert!(!same_origin(&u("http://127.0.0.1:8/x"), &u("http://localhost:8/x")));
+        assert!(same_origin(
+            &u("http://a.example/x"),
+            &u("http://A.example:80/y")
+        ));
+        assert!(!same_origin(
+            &u("http://a.example/x"),
+            &u("https://a.example/x")
+        ));
+        assert!(!same_origin(
+            &u("http://127.0.0.1:8/x"),
+            &u("http://localhost:8/x")
+        ));
         assert!(!same_origin(&u("http://a:8/x"), &u("http://a:9/x")));
     }
 

@@ -1,0 +1,319 @@
+//! Real test servers from `../shared/servers`, run as child processes bound to
+//! 127.0.0.1 and stopped (killed by PID, then waited for) when their handle is
+//! dropped, so a failing test never leaves a server behind.
+//!
+//! Use from an integration test with
+//!
+//! ```ignore
+//! #[path = "common/servers.rs"]
+//! mod servers;
+//! ```
+//!
+//! The pattern for another server: [`require_servers`] (skip, or fail under
+//! `CI`, when the scripts or binaries are missing), then [`Server::spawn`] with
+//! the script and its arguments (`FOREGROUND=1` scripts `exec` the server, so
+//! the child PID is the server's), then wait for its port with [`wait_port`].
+//! Every wait is bounded.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to come up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `../shared/servers` next to the repository.
+pub fn servers_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/servers"))
+}
+
+/// The servers directory, if it and every program in `programs` (absolute
+/// paths, or names looked up in PATH) exist. Otherwise the test is skipped with
+/// a note, except with `CI` set, where this panics: CI must run every test.
+pub fn require_servers(programs: &[&str]) -> Option<PathBuf> {
+    let dir = servers_dir();
+    let mut missing: Vec<String> = Vec::new();
+    if !dir.is_dir() {
+        missing.push(dir.display().to_string());
+    }
+    for p in programs {
+        if find_program(p).is_none() {
+            missing.push((*p).to_string());
+        }
+    }
+    if missing.is_empty() {
+        return Some(dir);
+    }
+    let what = format!("missing: {}", missing.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} (CI is set, so the server tests must run)");
+    }
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "skipped: {what} (set CI=1 to make this a failure)"
+    );
+    None
+}
+
+/// An absolute path, or `name` found in PATH.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        return p.is_file().then(|| p.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|c| c.is_file())
+    })
+}
+
+/// A child server process; killed and reaped on drop.
+pub struct Server {
+    /// For messages.
+    pub name: String,
+    child: Child,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Starts `program args...` with `envs`, stdout+stderr to `log`.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[&std::ffi::OsStr],
+        envs: &[(&str, &str)],
+        log: &Path,
+    ) -> Server {
+        let out = File::create(log).unwrap_or_else(|e| panic!("create {log:?}: {e}"));
+        let err = out.try_clone().expect("clone log handle");
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({program:?}): {e}"));
+        Server {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Panics (with the server's log) if the process has exited.
+    pub fn check_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited early ({status}); log:\n{}",
+                self.name,
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+
+    /// Polls until `cond` holds, the server dies (panic), or `timeout` (panic).
+    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond() {
+                return;
+            }
+            self.check_alive();
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: {what} not within {timeout:?}; log:\n{}",
+                    self.name,
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Child::kill sends SIGKILL to exactly this PID.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// True once something accepts TCP connections on 127.0.0.1:`port`.
+pub fn port_open(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// Waits (bounded) until `server` listens on `port`.
+pub fn wait_port(server: &mut Server, port: u16) {
+    server.wait_until(&format!("port {port}"), START_TIMEOUT, || port_open(port));
+}
+
+/// Parses `KEY=value` lines.
+pub fn parse_env(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// nginx from `nginx_start.sh` (FOREGROUND=1): HTTP and HTTPS on 127.0.0.1
+/// with the test CA, basic auth under `/private/`, `/slow/`, `/redirect/`.
+pub struct Nginx {
+    pub server: Server,
+    pub http_port: u16,
+    pub https_port: u16,
+    /// The test CA that signed the server certificate.
+    pub ca_bundle: PathBuf,
+    /// An unrelated CA (from mk_certs.sh).
+    pub other_ca: PathBuf,
+    pub user: String,
+    pub pass: String,
+    /// nginx's work dir (config, certs, logs).
+    pub work: PathBuf,
+}
+
+impl Nginx {
+    /// Programs the nginx tests need.
+    pub const NEEDS: &'static [&'static str] = &["/usr/sbin/nginx", "openssl", "python3", "sh"];
+
+    /// Starts nginx serving `docroot`, its files under `work`.
+    pub fn start(servers: &Path, work: &Path, docroot: &Path) -> Nginx {
+        fs::create_dir_all(work).expect("nginx work dir");
+        let script = servers.join("nginx_start.sh");
+        let mut server = Server::spawn(
+            "nginx",
+            Path::new("/bin/sh"),
+            &[script.as_os_str(), work.as_os_str(), docroot.as_os_str()],
+            &[("FOREGROUND", "1")],
+            &work.join("start.log"),
+        );
+        let env_file = work.join("env");
+        server.wait_until("env file", START_TIMEOUT, || env_file.is_file());
+        let env = parse_env(&fs::read_to_string(&env_file).expect("read nginx env"));
+        let get = |k: &str| {
+            env.get(k)
+                .unwrap_or_else(|| panic!("nginx env lacks {k}: {env:?}"))
+                .clone()
+        };
+        let http_port: u16 = get("HTTP_PORT").parse().expect("HTTP_PORT");
+        let https_port: u16 = get("HTTPS_PORT").parse().expect("HTTPS_PORT");
+        wait_port(&mut server, http_port);
+        wait_port(&mut server, https_port);
+        Nginx {
+            server,
+            http_port,
+            https_port,
+            ca_bundle: PathBuf::from(get("CA_BUNDLE")),
+            other_ca: work.join("certs/other-ca.crt"),
+            user: get("AUTH_USER"),
+            pass: get("AUTH_PASS"),
+            work: work.to_path_buf(),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/path`.
+    pub fn http(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/{}",
+            self.http_port,
+            path.trim_start_matches('/')
+        )
+    }
+
+    /// `https://127.0.0.1:PORT/path`.
+    pub fn https(&self, path: &str) -> String {
+        format!(
+            "https://127.0.0.1:{}/{}",
+            self.https_port,
+            path.trim_start_matches('/')
+        )
+    }
+
+    /// The access log so far (combined format: `$remote_user` is the third field).
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.work.join("logs/access.log")).unwrap_or_default()
+    }
+}
+
+/// `faulty_http.py`: one file at every path, with injected faults.
+pub struct Faulty {
+    pub server: Server,
+    pub port: u16,
+    /// One line per request.
+    pub request_log: PathBuf,
+}
+
+impl Faulty {
+    /// Programs the faulty server needs.
+    pub const NEEDS: &'static [&'static str] = &["python3"];
+
+    /// Serves `file` with fault options `args` (see `faulty_http.py --help`);
+    /// its files go to `work`. The server also exits by itself after 120 s.
+    pub fn start(servers: &Path, work: &Path, file: &Path, args: &[&str]) -> Faulty {
+        fs::create_dir_all(work).expect("faulty work dir");
+        let script = servers.join("faulty_http.py");
+        let port_file = work.join("port");
+        let request_log = work.join("requests.log");
+        let mut argv: Vec<std::ffi::OsString> = vec![
+            script.into(),
+            "--file".into(),
+            file.into(),
+            "--port".into(),
+            "0".into(),
+            "--port-file".into(),
+            port_file.clone().into(),
+            "--max-seconds".into(),
+            "120".into(),
+            "--log".into(),
+            request_log.clone().into(),
+        ];
+        argv.extend(args.iter().map(|a| a.into()));
+        let argv_ref: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
+        let python = find_program("python3").expect("python3");
+        let mut server = Server::spawn(
+            "faulty_http.py",
+            &python,
+            &argv_ref,
+            &[],
+            &work.join("out.log"),
+        );
+        server.wait_until("port file", START_TIMEOUT, || port_file.is_file());
+        let port: u16 = fs::read_to_string(&port_file)
+            .expect("read port file")
+            .trim()
+            .parse()
+            .expect("port number");
+        wait_port(&mut server, port);
+        Faulty {
+            server,
+            port,
+            request_log,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The request log so far.
+    pub fn requests(&self) -> String {
+        fs::read_to_string(&self.request_log).unwrap_or_default()
+    }
+}
