@@ -20,6 +20,9 @@ declare -A need=(
     [xz]=xz-utils
     [zstd]=zstd
     [cc]=gcc
+    [docker-registry]=docker-registry
+    [skopeo]=skopeo
+    [htpasswd]=apache2-utils
 )
 missing=()
 for cmd in "${!need[@]}"; do
