@@ -23,6 +23,9 @@ declare -A need=(
     [docker-registry]=docker-registry
     [skopeo]=skopeo
     [htpasswd]=apache2-utils
+    [nginx]=nginx
+    [openssl]=openssl
+    [python3]=python3
 )
 missing=()
 for cmd in "${!need[@]}"; do
