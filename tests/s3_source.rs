@@ -666,3 +666,76 @@ fn body_ending_short_of_object_size_fails_instead_of_succeeding() {
     );
     assert!(!target.exists(), "target left behind after a failed import");
 }
+
+/// Uploads `data` as `key` through the API with the SDK (which sends a CRC32
+/// checksum that s3s-fs stores and returns on full GETs).
+fn sdk_put(server: &S3Server, key: &str, data: Vec<u8>) {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&server.endpoint)
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(config);
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            client
+                .put_object()
+                .bucket(BUCKET)
+                .key(key)
+                .body(aws_sdk_s3::primitives::ByteStream::from(data))
+                .send(),
+        )
+        .await
+        .expect("PutObject timed out")
+        .expect("PutObject");
+    });
+}
+
+#[test]
+fn object_changed_on_disk_after_upload_fails_checksum_validation() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let raw = server.work().join("disk.raw");
+    make_raw(&raw, 3, 31);
+    let expected = server.work().join("expected.raw");
+    oracle(&raw, &expected);
+    sdk_put(&server, "api/disk.raw", fs::read(&raw).unwrap());
+
+    let mut extra = vec!["--endpoint", server.endpoint.as_str()];
+    extra.extend(credentials_args());
+    let target = server.work().join("out.raw");
+    let result = import(&format!("s3://{BUCKET}/api/disk.raw"), &target, &extra);
+    assert!(result.ok(), "{}", result.describe());
+    assert_same(&target, &expected);
+
+    // Same size, different bytes: the stored CRC32 no longer matches.
+    let stored = server.root.join(BUCKET).join("api/disk.raw");
+    let mut bytes = fs::read(&stored).unwrap();
+    bytes[5000..5004].copy_from_slice(b"XXXX");
+    fs::write(&stored, bytes).unwrap();
+    let target2 = server.work().join("out2.raw");
+    let result = import(&format!("s3://{BUCKET}/api/disk.raw"), &target2, &extra);
+    assert!(
+        !result.ok() && result.status.is_some(),
+        "{}",
+        result.describe()
+    );
+    assert!(
+        result.stderr.contains("checksum"),
+        "error does not name the checksum failure: {}",
+        result.describe()
+    );
+    assert!(
+        !target2.exists(),
+        "target left behind after a failed import"
+    );
+}

@@ -718,10 +718,16 @@ impl Download {
                     }
                 }
                 Some(Err(error)) => {
-                    return Attempt::Retry(format!(
-                        "body broke at byte {offset}: {}",
-                        error_chain(&error)
-                    ))
+                    let text = error_chain(&error);
+                    // An error after the last byte, or a checksum error, is
+                    // the SDK's integrity check failing: resuming would skip it.
+                    if *offset >= self.size || text.to_ascii_lowercase().contains("checksum") {
+                        return Attempt::Fatal(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{object}: the body failed its integrity check: {text}"),
+                        ));
+                    }
+                    return Attempt::Retry(format!("body broke at byte {offset}: {text}"));
                 }
                 None => break,
             }
