@@ -85,7 +85,9 @@ pub enum RegistryError {
         source: OciDistributionError,
     },
     /// The tag or digest is not in the repository.
-    #[error("failed to pull image {reference}: manifest unknown (no such tag or digest): {source}")]
+    #[error(
+        "failed to pull image {reference}: manifest unknown (no such tag or digest): {source}"
+    )]
     ManifestUnknown {
         /// The image.
         reference: String,
@@ -508,10 +510,8 @@ impl Job {
                 }));
             }
             None => {
-                let error = io::Error::new(
-                    error.kind(),
-                    format!("image {} layer {}: {error}", self.display, descriptor.digest),
-                );
+                let error =
+                    io::Error::new(error.kind(), format!("image {}: {error}", self.display));
                 let _ = disk_tx.send(Err(error));
             }
         }
@@ -751,17 +751,26 @@ impl Job {
             }
         }
         // Verify with the same reader the layers use.
-        let mut verifier = VerifyingReader::new(io::Cursor::new(&body), &descriptor.digest, descriptor.size())
-            .map_err(blob_error)?;
+        let mut verifier = VerifyingReader::new(
+            io::Cursor::new(&body),
+            &descriptor.digest,
+            descriptor.size(),
+        )
+        .map_err(blob_error)?;
         verifier.drain().map_err(blob_error)?;
-        if descriptor.media_type.as_deref().is_some_and(|t| !t.contains("json")) {
+        if descriptor
+            .media_type
+            .as_deref()
+            .is_some_and(|t| !t.contains("json"))
+        {
             return Err(self.bad_manifest(format!(
                 "config media type {:?} is not an image config",
                 descriptor.media_type
             )));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| self.bad_manifest(format!("config {} is not valid: {e}", descriptor.digest)))
+        serde_json::from_slice(&body).map_err(|e| {
+            self.bad_manifest(format!("config {} is not valid: {e}", descriptor.digest))
+        })
     }
 }
 

@@ -284,7 +284,9 @@ fn walk_tar<R: Read>(
     let unreadable = LayerError::Unreadable;
     let decoded: Box<dyn Read + '_> = match compression {
         LayerCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
-        LayerCompression::Zstd => Box::new(zstd::stream::read::Decoder::new(raw).map_err(unreadable)?),
+        LayerCompression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(raw).map_err(unreadable)?)
+        }
         LayerCompression::Xz => Box::new(liblzma::read::XzDecoder::new(raw)),
         LayerCompression::None => Box::new(raw),
     };
@@ -337,10 +339,7 @@ fn walk_tar<R: Read>(
         if sent != disk.size {
             return Err(LayerError::Unreadable(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{} ends after {sent} of its {} bytes",
-                    disk.path, disk.size
-                ),
+                format!("{} ends after {sent} of its {} bytes", disk.path, disk.size),
             )));
         }
         return Ok(Some(disk));
@@ -371,7 +370,11 @@ mod tests {
         builder.into_inner().unwrap()
     }
 
-    fn walk(blob: &[u8], digest: &str, size: u64) -> (Result<Option<FoundDisk>, LayerError>, Vec<u8>) {
+    fn walk(
+        blob: &[u8],
+        digest: &str,
+        size: u64,
+    ) -> (Result<Option<FoundDisk>, LayerError>, Vec<u8>) {
         let mut reader = VerifyingReader::new(Cursor::new(blob.to_vec()), digest, size).unwrap();
         let mut out = Vec::new();
         let mut found = false;
@@ -384,7 +387,10 @@ mod tests {
 
     #[test]
     fn disk_entry_names() {
-        assert_eq!(disk_entry_name(b"disk/disk.qcow2").as_deref(), Some("disk.qcow2"));
+        assert_eq!(
+            disk_entry_name(b"disk/disk.qcow2").as_deref(),
+            Some("disk.qcow2")
+        );
         assert_eq!(disk_entry_name(b"./disk/a.img").as_deref(), Some("a.img"));
         assert_eq!(disk_entry_name(b"/disk/a.img").as_deref(), Some("a.img"));
         assert_eq!(disk_entry_name(b"disk.img"), None);
@@ -462,7 +468,10 @@ mod tests {
     fn garbage_layer_is_unreadable_but_verified() {
         let blob = vec![0x1fu8, 0x8b, 0, 1, 2, 3, 4, 5];
         let (result, _) = walk(&blob, &digest_of(&blob), blob.len() as u64);
-        assert!(matches!(result, Err(LayerError::Unreadable(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(LayerError::Unreadable(_))),
+            "{result:?}"
+        );
         let (result, _) = walk(&blob, &digest_of(b"x"), blob.len() as u64);
         assert!(matches!(result, Err(LayerError::Blob(_))), "{result:?}");
     }
