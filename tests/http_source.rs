@@ -129,16 +129,40 @@ fn faulty_needs() -> Vec<&'static str> {
     v
 }
 
+/// Proxy variables a test environment may carry: cleared for every import, so
+/// that only the proxy tests use a proxy.
+const PROXY_VARS: &[&str] = &[
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
+
 /// `diskimport convert URL TARGET --quiet EXTRA...`.
 fn import(url: &str, target: &Path, extra: &[&str]) -> Run {
-    let mut args: Vec<String> = vec![
+    import_env(url, target, extra, &[])
+}
+
+/// [`import`] with environment variables `env` (and no inherited proxies).
+fn import_env(url: &str, target: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut args: Vec<String> = Vec::new();
+    for var in PROXY_VARS {
+        args.extend(["-u".to_string(), var.to_string()]);
+    }
+    args.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    args.extend([
+        BIN.to_string(),
         "convert".into(),
         url.into(),
         target.display().to_string(),
         "--quiet".into(),
-    ];
+    ]);
     args.extend(extra.iter().map(|s| s.to_string()));
-    run_cmd(BIN, &args, None, TIMEOUT)
+    run_cmd("env", &args, None, TIMEOUT)
 }
 
 fn assert_imported(run: &Run, target: &Path, images: &Images) {
@@ -425,6 +449,80 @@ fn redirect_to_other_host_drops_authorization() {
         users.iter().all(|u| u == "-"),
         "credentials reached the other host: {users:?}"
     );
+}
+
+#[test]
+fn proxy_ca_dir_certs_are_trusted_too() {
+    let Some(_) = require_servers(&nginx_needs()) else {
+        return;
+    };
+    let images = Images::new();
+    let nginx = start_nginx(&images);
+    let ca = images.ca_dir("proxy-ca", &nginx.ca_bundle);
+    let target = images.target("proxy-ca");
+    let run = import(
+        &nginx.https("disk.qcow2"),
+        &target,
+        &["--proxy-ca-dir", ca.to_str().unwrap()],
+    );
+    assert_imported(&run, &target, &images);
+}
+
+// ---- proxies from the environment ------------------------------------------
+//
+// nginx answers absolute-form requests (`GET http://host/path`) from its own
+// docroot, so it serves as a plain-http forward proxy for a host name that
+// does not resolve: the import can only succeed through the proxy.
+
+const UNRESOLVABLE: &str = "http://disk-image.invalid/disk.qcow2";
+
+#[test]
+fn lowercase_http_proxy_env_is_used() {
+    let Some(_) = require_servers(&nginx_needs()) else {
+        return;
+    };
+    let images = Images::new();
+    let nginx = start_nginx(&images);
+    let proxy = format!("http://127.0.0.1:{}", nginx.http_port);
+    let target = images.target("proxy-lower");
+    let run = import_env(UNRESOLVABLE, &target, &[], &[("http_proxy", &proxy)]);
+    assert_imported(&run, &target, &images);
+    assert!(nginx
+        .access_log()
+        .contains("GET http://disk-image.invalid/disk.qcow2"));
+}
+
+#[test]
+fn uppercase_http_proxy_env_is_used() {
+    let Some(_) = require_servers(&nginx_needs()) else {
+        return;
+    };
+    let images = Images::new();
+    let nginx = start_nginx(&images);
+    let proxy = format!("http://127.0.0.1:{}", nginx.http_port);
+    let target = images.target("proxy-upper");
+    let run = import_env(UNRESOLVABLE, &target, &[], &[("HTTP_PROXY", &proxy)]);
+    assert_imported(&run, &target, &images);
+}
+
+#[test]
+fn no_proxy_env_bypasses_the_proxy() {
+    let Some(_) = require_servers(&nginx_needs()) else {
+        return;
+    };
+    let images = Images::new();
+    let nginx = start_nginx(&images);
+    let proxy = format!("http://127.0.0.1:{}", nginx.http_port);
+    let target = images.target("no-proxy");
+    let run = import_env(
+        UNRESOLVABLE,
+        &target,
+        &[],
+        &[("http_proxy", &proxy), ("no_proxy", "disk-image.invalid")],
+    );
+    // Straight to a name that does not resolve: retried, then a failure.
+    assert_failed(&run, &target, &["giving up"]);
+    assert!(!nginx.access_log().contains("disk-image.invalid"));
 }
 
 // ---- faulty_http.py: faults ------------------------------------------------
