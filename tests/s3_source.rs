@@ -739,3 +739,170 @@ fn object_changed_on_disk_after_upload_fails_checksum_validation() {
         "target left behind after a failed import"
     );
 }
+
+/// A TLS-terminating TCP proxy (python3 stdlib) in front of s3s-fs, with the test
+/// PKI of `shared/servers/mk_certs.sh`; killed by PID when dropped.
+struct TlsProxy {
+    child: Child,
+    endpoint: String,
+    /// ca.crt (trusts the server), other-ca.crt (does not).
+    pki: PathBuf,
+}
+
+const TLS_PROXY_PY: &str = r#"
+import asyncio, ssl, sys
+up_port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+async def pipe(r, w):
+    try:
+        while True:
+            data = await r.read(65536)
+            if not data:
+                break
+            w.write(data)
+            await w.drain()
+    except Exception:
+        pass
+    finally:
+        try:
+            w.close()
+        except Exception:
+            pass
+async def handle(cr, cw):
+    try:
+        ur, uw = await asyncio.open_connection("127.0.0.1", up_port)
+    except OSError:
+        cw.close()
+        return
+    await asyncio.gather(pipe(cr, uw), pipe(ur, cw))
+async def main():
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+    print("PORT=%d" % srv.sockets[0].getsockname()[1], flush=True)
+    await asyncio.sleep(float(sys.argv[4]))
+asyncio.run(main())
+"#;
+
+impl TlsProxy {
+    fn start(server: &S3Server) -> TlsProxy {
+        let pki = server.work().join("pki");
+        let mk_certs = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/servers/mk_certs.sh"
+        ));
+        assert!(mk_certs.is_file(), "{} is missing", mk_certs.display());
+        tool("sh", &[mk_certs.to_str().unwrap(), pki.to_str().unwrap()]);
+        let mut child = Command::new("python3")
+            .args(["-c", TLS_PROXY_PY])
+            .arg(server.port.to_string())
+            .arg(pki.join("server-chain.crt"))
+            .arg(pki.join("server.key"))
+            .arg("120")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("TLS proxy did not print its port within 20 s");
+        let port: u16 = line
+            .trim()
+            .strip_prefix("PORT=")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("TLS proxy printed {line:?}, not PORT=N"));
+        TlsProxy {
+            child,
+            endpoint: format!("https://127.0.0.1:{port}"),
+            pki,
+        }
+    }
+
+    /// A CA directory the way CDI mounts a ConfigMap: any key names, plus an
+    /// unrelated CA; with `trusted` false only the unrelated CA.
+    fn ca_dir(&self, trusted: bool) -> PathBuf {
+        let dir = self.pki.join(if trusted { "certs" } else { "wrong-certs" });
+        fs::create_dir_all(&dir).unwrap();
+        if trusted {
+            fs::copy(self.pki.join("ca.crt"), dir.join("ca-bundle")).unwrap();
+        }
+        fs::copy(self.pki.join("other-ca.crt"), dir.join("other.pem")).unwrap();
+        dir
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn https_import(proxy: &TlsProxy, target: &Path, tls_args: &[&str]) -> Run {
+    let url = format!("{}/{BUCKET}/dir/disk.qcow2", proxy.endpoint);
+    let mut extra = vec!["--source-kind", "s3"];
+    extra.extend(credentials_args());
+    extra.extend(tls_args);
+    import(&url, target, &extra)
+}
+
+#[test]
+fn https_endpoint_with_ca_dir_matches_qemu_img() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let qcow2 = seed_qcow2(&server);
+    let expected = server.work().join("expected.raw");
+    oracle(&qcow2, &expected);
+    let proxy = TlsProxy::start(&server);
+    let ca_dir = proxy.ca_dir(true);
+    let target = server.work().join("out.raw");
+    let result = https_import(&proxy, &target, &["--ca-dir", ca_dir.to_str().unwrap()]);
+    assert!(result.ok(), "{}", result.describe());
+    assert_same(&target, &expected);
+}
+
+#[test]
+fn https_endpoint_with_unknown_ca_fails_naming_the_certificate() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    seed_qcow2(&server);
+    let proxy = TlsProxy::start(&server);
+    let ca_dir = proxy.ca_dir(false);
+    let target = server.work().join("out.raw");
+    let result = https_import(&proxy, &target, &["--ca-dir", ca_dir.to_str().unwrap()]);
+    assert!(
+        !result.ok() && result.status.is_some(),
+        "{}",
+        result.describe()
+    );
+    assert!(
+        result.stderr.to_ascii_lowercase().contains("certificate"),
+        "error does not name the certificate problem: {}",
+        result.describe()
+    );
+    assert!(!target.exists(), "target left behind after a failed import");
+}
+
+#[test]
+fn https_endpoint_with_insecure_skips_verification() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let qcow2 = seed_qcow2(&server);
+    let expected = server.work().join("expected.raw");
+    oracle(&qcow2, &expected);
+    let proxy = TlsProxy::start(&server);
+    let target = server.work().join("out.raw");
+    let result = https_import(&proxy, &target, &["--insecure"]);
+    assert!(result.ok(), "{}", result.describe());
+    assert_same(&target, &expected);
+}

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedHttpClient};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::SdkBody;
 use aws_smithy_runtime_api::client::http::{
     http_client_fn, HttpConnector, HttpConnectorFuture, SharedHttpConnector,
@@ -517,19 +517,10 @@ where
                 .unwrap_or_else(|| "(the server gave no message)".into());
             (code, message)
         }
-        SdkError::TimeoutError(_) => ("Timeout".into(), DisplayErrorContext(error).to_string()),
-        SdkError::DispatchFailure(_) => (
-            "ConnectionFailed".into(),
-            DisplayErrorContext(error).to_string(),
-        ),
-        SdkError::ResponseError(_) => (
-            "InvalidResponse".into(),
-            DisplayErrorContext(error).to_string(),
-        ),
-        _ => (
-            "RequestFailed".into(),
-            DisplayErrorContext(error).to_string(),
-        ),
+        SdkError::TimeoutError(_) => ("Timeout".into(), error_chain(error)),
+        SdkError::DispatchFailure(_) => ("ConnectionFailed".into(), error_chain(error)),
+        SdkError::ResponseError(_) => ("InvalidResponse".into(), error_chain(error)),
+        _ => ("RequestFailed".into(), error_chain(error)),
     };
     S3Error::Request(Box::new(RequestFailure {
         object: location.object(),
