@@ -825,3 +825,55 @@ fn plain_http_registry_needs_insecure() {
     let out = convert(&registry.image("cd/plain:v1"), &target, &[]);
     assert_failed_with(&out, &target, &["failed to pull image"]);
 }
+
+/// Writes an OCI manifest into `layout` whose layers are those of the given
+/// manifests, in order (config of the first); returns its digest.
+fn write_stacked_manifest(layout: &Path, manifests: &[&str]) -> String {
+    let read = |digest: &str| -> Value {
+        let hex = digest.trim_start_matches("sha256:");
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap()
+    };
+    let first = read(manifests[0]);
+    let layers: Vec<Value> = manifests
+        .iter()
+        .flat_map(|m| read(m)["layers"].as_array().unwrap().clone())
+        .collect();
+    let body = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": first["config"],
+        "layers": layers,
+    }))
+    .unwrap();
+    let hex = hex::encode(Sha256::digest(&body));
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &body).unwrap();
+    format!("sha256:{hex}")
+}
+
+#[test]
+fn first_layer_with_a_disk_wins_as_in_cdi() {
+    if !tools_present() {
+        return;
+    }
+    let fx = Fixture::new();
+    let base = fx.raw_disk("base.img", 70);
+    let top = fx.raw_disk("top.img", 71);
+    let expected = fx.reference_raw(&base, "base.ref");
+    let a = fx.containerdisk(&base, "layout", "base", &["--compression", "none"]);
+    let b = fx.containerdisk(&top, "layout", "top", &["--compression", "none"]);
+    let stacked = write_stacked_manifest(
+        &fx.path("layout"),
+        &[
+            a["top_digest"].as_str().unwrap(),
+            b["top_digest"].as_str().unwrap(),
+        ],
+    );
+    let registry = Registry::start(&fx.path("reg"), false, false);
+    registry.push_verbatim(&fx.path("layout"), &stacked, "cd/stacked", "v1");
+    // Layers are walked base first and the walk stops at the first disk
+    // (contract §8), so the later layer is never read.
+    let target = fx.path("out.raw");
+    let out = convert(&registry.image("cd/stacked:v1"), &target, &["--insecure"]);
+    assert_imported(&out, &target, &expected);
+}
