@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{compare_files, qemu_img, run_cmd, Run, BIN, TIMEOUT};
-use servers::{require_servers, Faulty, Nginx};
+use servers::{require_servers, FaultProxy, Faulty, Nginx};
 use tempfile::TempDir;
 
 /// Test images, made at test time with qemu-img.
@@ -684,4 +684,50 @@ fn content_length_shorter_than_body_fails() {
     let target = images.target("len-short");
     let run = import(&faulty.url("disk.raw.gz"), &target, &[]);
     assert_failed(&run, &target, &["content-length"]);
+}
+
+#[test]
+fn object_replaced_between_drop_and_resume_fails() {
+    let Some(servers) = require_servers(&nginx_needs()) else {
+        return;
+    };
+    let images = Images::new();
+    let nginx = start_nginx(&images);
+    // ~1 MB/s, dropped once after 1.5 MB: the file is replaced meanwhile.
+    let proxy = FaultProxy::start(
+        &servers,
+        &images.work("proxy"),
+        nginx.http_port,
+        &[
+            "--throttle",
+            "1000000",
+            "--drop-after",
+            "1500000",
+            "--drop-times",
+            "1",
+        ],
+    );
+    let file = images.file("disk.qcow2");
+    let replacer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(500));
+        let mut data = fs::read(&file).unwrap();
+        for b in data.iter_mut().skip(2 * MIB) {
+            *b ^= 0x5a;
+        }
+        let tmp = file.with_extension("new");
+        fs::write(&tmp, &data).unwrap();
+        // Another mtime (nginx's ETag is mtime-size, in seconds).
+        let old = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+        fs::File::options()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        fs::rename(&tmp, &file).unwrap();
+    });
+    let target = images.target("replaced");
+    let run = import(&proxy.url("disk.qcow2"), &target, &[]);
+    replacer.join().unwrap();
+    assert_failed(&run, &target, &["changed"]);
 }

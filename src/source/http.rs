@@ -200,7 +200,6 @@ pub fn open(
         body: None,
         failures: 0,
         finished: false,
-        sleep: std::thread::sleep,
     };
     transfer.connect()?;
     if let Some(total) = transfer.total {
@@ -297,7 +296,6 @@ struct Transfer {
     /// Consecutive failures without progress.
     failures: u32,
     finished: bool,
-    sleep: fn(Duration),
 }
 
 impl Transfer {
@@ -346,7 +344,7 @@ impl Transfer {
             attempt = self.failures,
             "{what}; retrying in {wait:?}"
         );
-        (self.sleep)(wait);
+        std::thread::sleep(wait);
         Ok(())
     }
 
@@ -456,6 +454,21 @@ impl Transfer {
                 if let (Some(have), Some(got)) = (self.total, total) {
                     if have != got {
                         return Err(changed(format!("length is now {got}, was {have}")));
+                    }
+                }
+                // A server that ignores If-Range would send the new object's
+                // bytes: its validators still give it away.
+                let (etag, last_modified) = validators(resp.headers());
+                for (name, was, now) in [
+                    ("ETag", &self.etag, etag),
+                    ("Last-Modified", &self.last_modified, last_modified),
+                ] {
+                    if let (Some(was), Some(now)) = (was, now) {
+                        if *was != now {
+                            return Err(changed(format!(
+                                "the object changed ({name} was {was}, is now {now})"
+                            )));
+                        }
                     }
                 }
                 Ok(resp)

@@ -317,3 +317,64 @@ impl Faulty {
         fs::read_to_string(&self.request_log).unwrap_or_default()
     }
 }
+
+/// `fault_proxy.py`: a TCP proxy in front of a plain-http server on
+/// 127.0.0.1 that drops, throttles or resets the server->client stream.
+pub struct FaultProxy {
+    pub server: Server,
+    pub port: u16,
+}
+
+impl FaultProxy {
+    /// Programs the proxy needs.
+    pub const NEEDS: &'static [&'static str] = &["python3"];
+
+    /// Proxies to 127.0.0.1:`upstream` with fault options `args` (see
+    /// `fault_proxy.py --help`); its files go to `work`. Exits by itself
+    /// after 120 s.
+    pub fn start(servers: &Path, work: &Path, upstream: u16, args: &[&str]) -> FaultProxy {
+        fs::create_dir_all(work).expect("fault proxy work dir");
+        let script = servers.join("fault_proxy.py");
+        let port_file = work.join("port");
+        let mut argv: Vec<std::ffi::OsString> = vec![
+            script.into(),
+            "--upstream".into(),
+            format!("127.0.0.1:{upstream}").into(),
+            "--port".into(),
+            "0".into(),
+            "--port-file".into(),
+            port_file.clone().into(),
+            "--max-seconds".into(),
+            "120".into(),
+        ];
+        argv.extend(args.iter().map(|a| a.into()));
+        let argv_ref: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
+        let python = find_program("python3").expect("python3");
+        let mut server = Server::spawn(
+            "fault_proxy.py",
+            &python,
+            &argv_ref,
+            &[],
+            &work.join("out.log"),
+        );
+        server.wait_until("port file", START_TIMEOUT, || port_file.is_file());
+        let port: u16 = fs::read_to_string(&port_file)
+            .expect("read port file")
+            .trim()
+            .parse()
+            .expect("port number");
+        // No wait_port here: the port file is written once it listens, and a
+        // probe connection would count against --drop-times/--refuse-first.
+        server.check_alive();
+        FaultProxy { server, port }
+    }
+
+    /// `http://127.0.0.1:PORT/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
+    }
+}
