@@ -693,7 +693,7 @@ fn object_replaced_between_drop_and_resume_fails() {
     };
     let images = Images::new();
     let nginx = start_nginx(&images);
-    // ~1 MB/s, dropped once after 1.5 MB: the file is replaced meanwhile.
+    // ~1 MB/s, dropped once after 1.5 MB; the file is replaced before the resume.
     let proxy = FaultProxy::start(
         &servers,
         &images.work("proxy"),
@@ -707,27 +707,40 @@ fn object_replaced_between_drop_and_resume_fails() {
             "1",
         ],
     );
+    // The new file is ready beforehand and renamed into place as soon as the
+    // proxy reports the drop: well within the client's 200 ms backoff.
     let file = images.file("disk.qcow2");
+    let mut data = fs::read(&file).unwrap();
+    for b in data.iter_mut().skip(2 * MIB) {
+        *b ^= 0x5a;
+    }
+    let tmp = file.with_extension("new");
+    fs::write(&tmp, &data).unwrap();
+    // Another mtime (nginx's ETag is mtime-size, in seconds).
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let proxy_log = proxy.server.log.clone();
     let replacer = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(500));
-        let mut data = fs::read(&file).unwrap();
-        for b in data.iter_mut().skip(2 * MIB) {
-            *b ^= 0x5a;
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            if fs::read_to_string(&proxy_log)
+                .unwrap_or_default()
+                .contains("dropped after")
+            {
+                fs::rename(&tmp, &file).unwrap();
+                return true;
+            }
+            thread::sleep(Duration::from_millis(2));
         }
-        let tmp = file.with_extension("new");
-        fs::write(&tmp, &data).unwrap();
-        // Another mtime (nginx's ETag is mtime-size, in seconds).
-        let old = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
-        fs::File::options()
-            .write(true)
-            .open(&tmp)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-        fs::rename(&tmp, &file).unwrap();
+        false
     });
     let target = images.target("replaced");
     let run = import(&proxy.url("disk.qcow2"), &target, &[]);
-    replacer.join().unwrap();
+    assert!(replacer.join().unwrap(), "no drop: {}", run.describe());
     assert_failed(&run, &target, &["changed"]);
 }
