@@ -587,9 +587,8 @@ fn stream_reset_on_every_connection_is_resumed_to_identical_output() {
         &["--drop-after", "1048576", "--drop-times", "0", "--drop-rst"],
     );
     let target = server.work().join("out.raw");
-    let mut extra = vec!["--endpoint", "", "--region", "us-east-1"];
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
-    extra[1] = &endpoint;
+    let mut extra = vec!["--endpoint", endpoint.as_str(), "--region", "us-east-1"];
     extra.extend(credentials_args());
     let result = import(&format!("s3://{BUCKET}/big.raw"), &target, &extra);
     assert!(result.ok(), "{}", result.describe());

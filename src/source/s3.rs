@@ -164,6 +164,7 @@ pub fn open(
     );
 
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let (object, size) = (location.object(), head.size);
     let download = Download {
         client,
         location,
@@ -175,11 +176,7 @@ pub fn open(
         .name("s3-source".into())
         .spawn(move || runtime.block_on(download.run()))
         .map_err(S3Error::Runtime)?;
-    Ok(Box::new(ChannelReader {
-        rx,
-        current: Bytes::new(),
-        done: false,
-    }))
+    Ok(Box::new(ChannelReader::new(rx, object, size)))
 }
 
 /// Splits `spec` into endpoint, region, bucket and key.
@@ -745,7 +742,27 @@ fn range_start(content_range: &str) -> Option<u64> {
 struct ChannelReader {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
-    done: bool,
+    /// `s3://bucket/key`, for errors.
+    object: String,
+    /// The object's size: fewer bytes before the channel closes is an error
+    /// (the download thread died without saying why).
+    size: u64,
+    delivered: u64,
+    /// Set once the stream ended; an error stays an error on every later read.
+    end: Option<Result<(), (io::ErrorKind, String)>>,
+}
+
+impl ChannelReader {
+    fn new(rx: mpsc::Receiver<io::Result<Bytes>>, object: String, size: u64) -> Self {
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+            object,
+            size,
+            delivered: 0,
+            end: None,
+        }
+    }
 }
 
 impl Read for ChannelReader {
@@ -754,23 +771,34 @@ impl Read for ChannelReader {
             return Ok(0);
         }
         while self.current.is_empty() {
-            if self.done {
-                return Ok(0);
+            match &self.end {
+                Some(Ok(())) => return Ok(0),
+                Some(Err((kind, message))) => return Err(io::Error::new(*kind, message.clone())),
+                None => {}
             }
             match self.rx.blocking_recv() {
                 Some(Ok(chunk)) => self.current = chunk,
                 Some(Err(error)) => {
-                    self.done = true;
+                    self.end = Some(Err((error.kind(), error.to_string())));
                     return Err(error);
                 }
-                // The task ends its sender only after the last byte (or
-                // after sending an error).
-                None => self.done = true,
+                // The task ends its sender after the last byte or an error.
+                None if self.delivered == self.size => self.end = Some(Ok(())),
+                None => {
+                    self.end = Some(Err((
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{}: the download ended at byte {} of {}",
+                            self.object, self.delivered, self.size
+                        ),
+                    )))
+                }
             }
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current[..n]);
         let _ = self.current.split_to(n);
+        self.delivered += n as u64;
         Ok(n)
     }
 }
@@ -837,6 +865,48 @@ mod tests {
     fn content_range_start_is_parsed() {
         assert_eq!(range_start("bytes 100-199/200"), Some(100));
         assert_eq!(range_start("bytes */200"), None);
+    }
+
+    #[test]
+    fn reader_delivers_chunks_then_the_error_with_its_cause() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(Ok(Bytes::from_static(b"abcdef"))).unwrap();
+        tx.try_send(Err(io::Error::other(
+            "s3://b/k: stopped at byte 6 of 9: reset",
+        )))
+        .unwrap();
+        drop(tx);
+        let mut reader = ChannelReader::new(rx, "s3://b/k".into(), 9);
+        let mut buf = [0u8; 4];
+        assert_eq!(reader.read(&mut buf).unwrap(), 4);
+        assert_eq!(reader.read(&mut buf).unwrap(), 2);
+        assert_eq!(&buf[..2], b"ef");
+        for _ in 0..2 {
+            let error = reader.read(&mut buf).unwrap_err();
+            assert!(error.to_string().contains("stopped at byte 6 of 9: reset"));
+        }
+    }
+
+    #[test]
+    fn reader_closed_early_without_error_is_an_error_not_eof() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(Ok(Bytes::from_static(b"abc"))).unwrap();
+        drop(tx);
+        let mut reader = ChannelReader::new(rx, "s3://b/k".into(), 9);
+        let mut out = Vec::new();
+        let error = reader.read_to_end(&mut out).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(
+            error.to_string().contains("ended at byte 3 of 9"),
+            "{error}"
+        );
+
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(Ok(Bytes::from_static(b"abc"))).unwrap();
+        drop(tx);
+        let mut reader = ChannelReader::new(rx, "s3://b/k".into(), 3);
+        let mut out = Vec::new();
+        assert_eq!(reader.read_to_end(&mut out).unwrap(), 3);
     }
 
     #[test]
