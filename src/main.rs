@@ -46,6 +46,16 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Run one CDI import from the environment the CDI controller sets
+    /// (IMPORTER_SOURCE, IMPORTER_ENDPOINT, ...), as the importer pod's
+    /// entrypoint. Also what runs when the binary is started as CDI starts its
+    /// importer (`-alsologtostderr -v=N`, no subcommand).
+    Import {
+        /// Directory that CDI's paths (/data, /dev/cdi-block-volume, /certs,
+        /// /dev/termination-log, ...) are taken relative to.
+        #[arg(long, env = "DISKIMPORT_ROOT", default_value = "/")]
+        root: PathBuf,
+    },
     /// Describe SOURCE: format, compression, virtual size, allocation.
     Info {
         /// Image to read: a file path, or - for standard input.
@@ -166,7 +176,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(klog_compatible_args(std::env::args_os()));
     let result = match cli.command {
         Command::Convert {
             source,
@@ -182,6 +192,7 @@ fn main() -> ExitCode {
             tuning,
             source_args,
         } => info(&source, json, map, &tuning, &source_args),
+        Command::Import { root } => return import(&root),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -190,6 +201,70 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// CDI starts its importer as `cdi-importer -alsologtostderr -v=N`: drop the
+/// klog flags and, when no subcommand is left, run `import`.
+fn klog_compatible_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut kept: Vec<std::ffi::OsString> = Vec::new();
+    let mut saw_klog = false;
+    for arg in args {
+        let text = arg.to_string_lossy();
+        let klog = [
+            "-alsologtostderr",
+            "-logtostderr",
+            "--alsologtostderr",
+            "--logtostderr",
+        ]
+        .contains(&text.as_ref())
+            || text.starts_with("-v=")
+            || text.starts_with("--v=");
+        if klog {
+            saw_klog = true;
+        } else {
+            kept.push(arg);
+        }
+    }
+    let has_subcommand = kept.get(1).is_some_and(|a| {
+        let a = a.to_string_lossy();
+        ["convert", "info", "import", "help"].contains(&a.as_ref())
+            || a == "--help"
+            || a == "-h"
+            || a == "--version"
+            || a == "-V"
+    });
+    if saw_klog && !has_subcommand {
+        kept.insert(1.min(kept.len()), "import".into());
+    }
+    kept
+}
+
+/// The importer pod's entrypoint: runs the import, writes the termination
+/// message, and exits as CDI's controller expects (0 with JSON, or 1 with text).
+fn import(root: &std::path::Path) -> ExitCode {
+    use diskimport::cdi::import::{run_import, Outcome};
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let outcome = run_import(&env, root, Arc::new(Progress::default()));
+    let (text, code) = match &outcome {
+        Outcome::Done(message) => (message.to_json(), ExitCode::SUCCESS),
+        Outcome::Failed(text) => (
+            diskimport::cdi::termination::failure_text(text),
+            ExitCode::FAILURE,
+        ),
+    };
+    if let Outcome::Failed(text) = &outcome {
+        eprintln!("error: {text}");
+    } else {
+        eprintln!("{text}");
+    }
+    let log = root.join("dev/termination-log");
+    if let Err(e) = std::fs::write(&log, &text) {
+        eprintln!(
+            "error: writing the termination message to {}: {e}",
+            log.display()
+        );
+    }
+    code
 }
 
 /// Formats an error with its chain of causes.

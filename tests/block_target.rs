@@ -190,7 +190,8 @@ fn an_image_larger_than_the_device_is_refused_before_writing() {
     let run = convert(&image, &dev.device, &[]);
     assert!(!run.ok(), "a 32 MiB image must not fit an 8 MiB device");
     assert!(
-        run.stderr.contains("larger than the target device"),
+        run.stderr
+            .contains("is larger than the reported available storage"),
         "{}",
         run.describe()
     );

@@ -4,6 +4,7 @@
 //! without a cluster; the `import` entrypoint builds on them.
 
 pub mod env;
+pub mod import;
 pub mod quantity;
 pub mod sizing;
 pub mod termination;

@@ -24,6 +24,8 @@ pub struct SparseFileSink {
     high_water: u64,
     /// Bytes written since writeback was last started.
     unflushed: u64,
+    /// Largest size the target may have (the space a volume offers).
+    capacity: Option<u64>,
     summary: SinkSummary,
 }
 
@@ -59,8 +61,15 @@ impl SparseFileSink {
             size: None,
             high_water: 0,
             unflushed: 0,
+            capacity: None,
             summary: SinkSummary::default(),
         })
+    }
+
+    /// Refuses images larger than `capacity` bytes, before anything is written.
+    pub fn with_capacity_limit(mut self, capacity: u64) -> Self {
+        self.capacity = Some(capacity);
+        self
     }
 
     fn file(&self) -> &File {
@@ -70,6 +79,12 @@ impl SparseFileSink {
 
 impl ExtentSink for SparseFileSink {
     fn set_size(&mut self, size: u64) -> Result<(), SinkError> {
+        if let Some(available) = self.capacity.filter(|c| size > *c) {
+            return Err(SinkError::TargetTooSmall {
+                needed: size,
+                available,
+            });
+        }
         if size < self.high_water {
             return Err(SinkError::OutOfRange {
                 offset: 0,
@@ -86,15 +101,32 @@ impl ExtentSink for SparseFileSink {
     }
 
     fn write(&mut self, extent: Extent) -> Result<(), SinkError> {
+        let out_of_range = SinkError::OutOfRange {
+            offset: extent.guest_offset,
+            len: extent.len(),
+            size: self.size.unwrap_or(u64::MAX),
+        };
         let end = extent
             .guest_offset
             .checked_add(extent.len())
-            .filter(|end| self.size.is_none_or(|size| *end <= size))
-            .ok_or(SinkError::OutOfRange {
-                offset: extent.guest_offset,
-                len: extent.len(),
-                size: self.size.unwrap_or(u64::MAX),
-            })?;
+            .ok_or(out_of_range)?;
+        match (self.size, self.capacity) {
+            (Some(size), _) if end > size => {
+                return Err(SinkError::OutOfRange {
+                    offset: extent.guest_offset,
+                    len: extent.len(),
+                    size,
+                })
+            }
+            // A stream of unknown length outgrew the volume.
+            (None, Some(available)) if end > available => {
+                return Err(SinkError::TargetTooSmall {
+                    needed: end,
+                    available,
+                })
+            }
+            _ => {}
+        }
         self.high_water = self.high_water.max(end);
         match extent.kind {
             // The file is new and sparse: zeroes cost nothing.

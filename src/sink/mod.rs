@@ -24,8 +24,10 @@ pub enum SinkError {
         /// The target's size.
         size: u64,
     },
-    /// The image does not fit the target device.
-    #[error("the image's virtual size {needed} bytes is larger than the target device ({available} bytes)")]
+    /// The image does not fit the target. The wording is CDI's: its controller
+    /// turns "is larger than the reported available" into "DataVolume too
+    /// small to contain image".
+    #[error("virtual image size {needed} is larger than the reported available storage {available}. A larger PVC is required.")]
     TargetTooSmall {
         /// The image's virtual size.
         needed: u64,

@@ -1,0 +1,207 @@
+//! `diskimport import`: one CDI import, start to finish, as the importer pod
+//! runs it. Reads the environment ([`super::env`]), picks the target — the
+//! block device at `/dev/cdi-block-volume` if present, else
+//! `/data/disk.img` — streams the source through the pipeline, sizes the file
+//! by CDI's rules, and returns the outcome for the termination message.
+//! Every path is under `root` so tests can run it in a temporary tree.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::env::{parse, CdiSource, ContentType, ImportRequest};
+use super::sizing::{final_disk_size, usable_size};
+use super::termination::TerminationMessage;
+use crate::pipeline::{self, ConvertOptions};
+use crate::progress::Progress;
+use crate::sink::block::BlockSink;
+use crate::sink::file::SparseFileSink;
+use crate::sink::threaded::ThreadedSink;
+use crate::sink::ExtentSink;
+
+/// How an import ended, for the termination message and the exit status.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Exit 0 with this JSON message.
+    Done(TerminationMessage),
+    /// Exit 1 with this text.
+    Failed(String),
+}
+
+/// Where the import writes.
+enum Target {
+    Block(PathBuf),
+    File(PathBuf),
+}
+
+/// A disk image file and the size CDI's resize rule grows it to.
+struct FileTarget {
+    path: PathBuf,
+    resize_to: Option<u64>,
+}
+
+/// Runs one import with the process environment `env` under `root`.
+pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>) -> Outcome {
+    let request = match parse(env, root) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let block = root.join("dev/cdi-block-volume");
+    let target = if block.exists() {
+        Target::Block(block)
+    } else {
+        Target::File(root.join("data/disk.img"))
+    };
+    match (request.source, request.content_type) {
+        (_, ContentType::Archive) => {
+            Outcome::Failed("archive content is not supported by diskimport yet".into())
+        }
+        (CdiSource::Blank, _) => blank(&request, &target),
+        _ => import_disk(&request, &target, progress),
+    }
+}
+
+fn import_disk(request: &ImportRequest, target: &Target, progress: Arc<Progress>) -> Outcome {
+    let connect_error = |e: crate::Error| {
+        let kind = match request.source {
+            CdiSource::S3 => "s3",
+            CdiSource::Registry => "registry",
+            _ => "http",
+        };
+        Outcome::Failed(format!(
+            "Unable to connect to {kind} data source: {}",
+            chain(&e)
+        ))
+    };
+    let input = match pipeline::open_source(&request.endpoint, &request.source_options, &progress) {
+        Ok(i) => i,
+        Err(e) => return connect_error(e),
+    };
+    let (sink, file): (Box<dyn ExtentSink>, Option<FileTarget>) = match target {
+        Target::Block(device) => match BlockSink::open(device) {
+            Ok(s) => (Box::new(s), None),
+            Err(e) => return Outcome::Failed(format!("Unable to process data: {}", chain(&e))),
+        },
+        Target::File(path) => {
+            let (available, resize_to) = match file_space(path, request) {
+                Ok(v) => v,
+                Err(e) => return Outcome::Failed(e),
+            };
+            match SparseFileSink::create(path) {
+                Ok(s) => (
+                    Box::new(s.with_capacity_limit(available)),
+                    Some(FileTarget {
+                        path: path.clone(),
+                        resize_to,
+                    }),
+                ),
+                Err(e) => return Outcome::Failed(format!("Unable to process data: {}", chain(&e))),
+            }
+        }
+    };
+    let mut sink = ThreadedSink::spawn(sink, progress.clone());
+    let report = match pipeline::run(input, &mut sink, &ConvertOptions::default(), progress) {
+        Ok(r) => r,
+        Err(e) => {
+            drop(sink);
+            let text = chain(&e);
+            if text.contains("checksum mismatch") {
+                if let Target::File(path) = target {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Outcome::Done(TerminationMessage::checksum_mismatch(&text));
+            }
+            return Outcome::Failed(format!("Unable to process data: {text}"));
+        }
+    };
+    if let Some(file) = file {
+        let size = final_disk_size(report.virtual_size, file.resize_to);
+        if let Err(e) = finish_file(&file.path, size, request.preallocation) {
+            return Outcome::Failed(format!("Unable to process data: {e}"));
+        }
+    }
+    let preallocated = request.preallocation && matches!(target, Target::File(_));
+    Outcome::Done(TerminationMessage::complete(preallocated))
+}
+
+/// The space a Filesystem volume offers for the image, and the size to grow
+/// the disk to (CDI's resize rule), from the free space of `/data`.
+fn file_space(path: &Path, request: &ImportRequest) -> Result<(u64, Option<u64>), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| {
+        format!(
+            "Unable to process data: checking free space in {}: {e}",
+            dir.display()
+        )
+    })?;
+    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    // An earlier attempt's partial file is replaced, so its space counts as free.
+    let previous = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let free = free.saturating_add(previous);
+    let available = request.image_size.map_or(free, |r| r.min(free));
+    let resize_to = request
+        .image_size
+        .map(|requested| usable_size(free, Some(requested), request.filesystem_overhead));
+    Ok((available, resize_to))
+}
+
+/// Grows the finished disk to `size` and preallocates it when asked.
+fn finish_file(path: &Path, size: u64, preallocate: bool) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    if file.metadata()?.len() < size {
+        file.set_len(size)?;
+    }
+    if preallocate {
+        nix::fcntl::posix_fallocate(&file, 0, size as i64).map_err(std::io::Error::from)?;
+    }
+    file.sync_all()
+}
+
+/// `none`: a blank disk of the usable size (Filesystem) or a zeroed device.
+fn blank(request: &ImportRequest, target: &Target) -> Outcome {
+    match target {
+        Target::File(path) => {
+            let (_, resize_to) = match file_space(path, request) {
+                Ok(v) => v,
+                Err(e) => return Outcome::Failed(e),
+            };
+            let Some(size) = resize_to else {
+                return Outcome::Failed(
+                    "Unable to process data: a blank disk needs IMPORTER_IMAGE_SIZE".into(),
+                );
+            };
+            let created = std::fs::File::create(path)
+                .and_then(|f| f.set_len(0))
+                .and_then(|_| finish_file(path, size, request.preallocation));
+            match created {
+                Ok(()) => Outcome::Done(TerminationMessage::blank_created(request.preallocation)),
+                Err(e) => Outcome::Failed(format!("Unable to process data: {e}")),
+            }
+        }
+        Target::Block(device) => {
+            let zeroed = BlockSink::open(device).and_then(|mut sink| {
+                let size = sink.device_size();
+                sink.write(crate::Extent::zero(0, size))?;
+                sink.finish()
+            });
+            match zeroed {
+                Ok(_) => Outcome::Done(TerminationMessage::blank_created(true)),
+                Err(e) => Outcome::Failed(format!("Unable to process data: {}", chain(&e))),
+            }
+        }
+    }
+}
+
+/// An error with its causes, on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

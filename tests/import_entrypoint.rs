@@ -1,0 +1,270 @@
+//! `diskimport import`, run as CDI runs its importer: the real binary with
+//! CDI's environment, paths under a temporary root, a real nginx as the http
+//! source. Checks the bytes of `/data/disk.img` (or of a loop device behind
+//! `/dev/cdi-block-volume`) against `qemu-img convert`, the exact termination
+//! message, and the exit status, for success and for each failure kind.
+
+mod common;
+#[path = "common/servers.rs"]
+mod servers;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{compare_prefix, qemu_img, BIN};
+use servers::{require_servers, Nginx};
+
+const SUCCESS: &str =
+    r#"{"scratchSpaceRequired":false,"preallocationApplied":false,"message":"Import Complete"}"#;
+
+/// A CDI-shaped root: data/, dev/ (and a termination log written there).
+struct Root {
+    dir: tempfile::TempDir,
+}
+
+impl Root {
+    fn new() -> Root {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("data")).unwrap();
+        fs::create_dir_all(dir.path().join("dev")).unwrap();
+        Root { dir }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn disk(&self) -> PathBuf {
+        self.path().join("data/disk.img")
+    }
+    fn termination(&self) -> String {
+        fs::read_to_string(self.path().join("dev/termination-log")).unwrap_or_default()
+    }
+
+    /// Runs the entrypoint as CDI does (`-alsologtostderr -v=1`, no
+    /// subcommand) with exactly `env`; returns (exit code, stderr).
+    fn import(&self, env: &[(&str, &str)]) -> (i32, String) {
+        let mut child = Command::new(BIN)
+            .args(["-alsologtostderr", "-v=1"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DISKIMPORT_ROOT", self.path())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                let _ = child.kill();
+                panic!("import did not finish in 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status.code().unwrap_or(-1), stderr)
+    }
+}
+
+/// A small qcow2 image and its raw oracle, served by nginx.
+struct Served {
+    _nginx: Nginx,
+    base: String,
+    oracle: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn serve_image() -> Option<Served> {
+    let mut needs = Nginx::NEEDS.to_vec();
+    needs.push("qemu-img");
+    let servers_dir = require_servers(&needs)?;
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    fs::create_dir_all(&www).unwrap();
+    let image = www.join("disk.qcow2");
+    let raw = dir.path().join("source.raw");
+    let mut data = vec![0u8; 3 << 20];
+    for (i, b) in data.iter_mut().enumerate().take(2 << 20) {
+        *b = (i as u64).wrapping_mul(2_654_435_761).to_le_bytes()[3];
+    }
+    fs::write(&raw, &data).unwrap();
+    let run = qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-c",
+        raw.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(run.ok(), "{}", run.describe());
+    let oracle = dir.path().join("oracle.raw");
+    let run = qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        image.to_str().unwrap(),
+        oracle.to_str().unwrap(),
+    ]);
+    assert!(run.ok(), "{}", run.describe());
+    let nginx = Nginx::start(&servers_dir, &dir.path().join("nginx"), &www);
+    let base = nginx.http("");
+    Some(Served {
+        _nginx: nginx,
+        base,
+        oracle,
+        _dir: dir,
+    })
+}
+
+#[test]
+fn http_import_to_a_filesystem_volume_matches_qemu_img_and_fills_the_volume() {
+    let Some(served) = serve_image() else { return };
+    let root = Root::new();
+    let url = format!("{}disk.qcow2", served.base);
+    let (code, stderr) = root.import(&[
+        ("IMPORTER_SOURCE", "http"),
+        ("IMPORTER_ENDPOINT", &url),
+        ("IMPORTER_CONTENTTYPE", "kubevirt"),
+        ("IMPORTER_IMAGE_SIZE", "64Mi"),
+        ("FILESYSTEM_OVERHEAD", "0"),
+        ("OWNER_UID", "uid-1"),
+        ("PREALLOCATION", "false"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(root.termination(), SUCCESS);
+    let oracle_len = fs::metadata(&served.oracle).unwrap().len();
+    compare_prefix(&root.disk(), &served.oracle, oracle_len).unwrap();
+    let disk = fs::read(root.disk()).unwrap();
+    assert_eq!(
+        disk.len() as u64,
+        64 << 20,
+        "grown to the volume's usable size"
+    );
+    assert!(disk[oracle_len as usize..].iter().all(|b| *b == 0));
+}
+
+#[test]
+fn a_checksum_mismatch_exits_0_with_the_fatal_message_and_removes_the_disk() {
+    let Some(served) = serve_image() else { return };
+    let root = Root::new();
+    let url = format!("{}disk.qcow2", served.base);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let (code, stderr) = root.import(&[("IMPORTER_ENDPOINT", &url), ("IMPORTER_CHECKSUM", &wrong)]);
+    assert_eq!(code, 0, "{stderr}");
+    let message = root.termination();
+    assert!(
+        message.starts_with('{') && message.contains("checksum mismatch"),
+        "{message}"
+    );
+    assert!(!root.disk().exists(), "the disk must be removed");
+}
+
+#[test]
+fn an_image_larger_than_the_requested_size_fails_with_cdis_too_small_text() {
+    let Some(served) = serve_image() else { return };
+    let root = Root::new();
+    let url = format!("{}disk.qcow2", served.base);
+    let (code, _) = root.import(&[("IMPORTER_ENDPOINT", &url), ("IMPORTER_IMAGE_SIZE", "1Mi")]);
+    assert_eq!(code, 1);
+    let text = root.termination();
+    assert!(
+        text.contains("is larger than the reported available"),
+        "{text}"
+    );
+    assert!(!root.disk().exists());
+}
+
+#[test]
+fn a_missing_file_fails_with_exit_1_and_names_the_source() {
+    let Some(served) = serve_image() else { return };
+    let root = Root::new();
+    let url = format!("{}nothing-here.qcow2", served.base);
+    let (code, _) = root.import(&[("IMPORTER_ENDPOINT", &url)]);
+    assert_eq!(code, 1);
+    let text = root.termination();
+    assert!(text.contains("404"), "{text}");
+    assert!(!text.contains('\n'));
+}
+
+#[test]
+fn invalid_environment_values_exit_1_with_a_clear_message() {
+    let root = Root::new();
+    let (code, _) = root.import(&[("IMPORTER_SOURCE", "ftp"), ("IMPORTER_ENDPOINT", "x")]);
+    assert_eq!(code, 1);
+    assert_eq!(root.termination(), "Unknown data source: ftp");
+    let (code, _) = root.import(&[
+        ("IMPORTER_ENDPOINT", "http://127.0.0.1:9/x"),
+        ("PREALLOCATION", "perhaps"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(root.termination().contains("PREALLOCATION"));
+}
+
+#[test]
+fn a_blank_disk_gets_the_usable_size_after_overhead() {
+    let root = Root::new();
+    let (code, stderr) = root.import(&[
+        ("IMPORTER_SOURCE", "none"),
+        ("IMPORTER_IMAGE_SIZE", "106Mi"),
+        ("FILESYSTEM_OVERHEAD", "0.06"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        root.termination(),
+        r#"{"preallocationApplied":false,"message":"Import Complete"}"#
+    );
+    // ceil(106 MiB / 1.06) = 100 MiB exactly.
+    assert_eq!(fs::metadata(root.disk()).unwrap().len(), 100 << 20);
+}
+
+#[test]
+fn http_import_to_a_block_volume_on_a_4k_loop_device_matches_qemu_img() {
+    let Some(served) = serve_image() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing.img");
+    fs::File::create(&backing)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let out = Command::new("losetup")
+        .args(["-f", "--show", "--sector-size", "4096"])
+        .arg(&backing)
+        .output();
+    let device = match out {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        other => {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI is set but no loop device could be made (root needed): {other:?}");
+            }
+            common::note("skipped: no loop device (run as root)");
+            return;
+        }
+    };
+    struct Detach(PathBuf);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+        }
+    }
+    let _detach = Detach(device.clone());
+    let root = Root::new();
+    std::os::unix::fs::symlink(&device, root.path().join("dev/cdi-block-volume")).unwrap();
+    let url = format!("{}disk.qcow2", served.base);
+    let (code, stderr) = root.import(&[("IMPORTER_ENDPOINT", &url), ("FILESYSTEM_OVERHEAD", "0")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(root.termination(), SUCCESS);
+    let len = fs::metadata(&served.oracle).unwrap().len();
+    compare_prefix(&device, &served.oracle, len).unwrap();
+    assert!(
+        !root.disk().exists(),
+        "nothing written to /data on a block volume"
+    );
+}
