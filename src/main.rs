@@ -244,7 +244,15 @@ fn klog_compatible_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<s
 fn import(root: &std::path::Path) -> ExitCode {
     use diskimport::cdi::import::{run_import, Outcome};
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let outcome = run_import(&env, root, Arc::new(Progress::default()));
+    let progress = Arc::new(Progress::default());
+    // SIGTERM (pod deletion) and SIGINT stop the import at the next read; the
+    // normal error path then removes the partial target and reports.
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, progress.cancel_flag()) {
+            eprintln!("warning: cannot handle signal {signal}: {e}");
+        }
+    }
+    let outcome = run_import(&env, root, progress);
     let (text, code) = match &outcome {
         Outcome::Done(message) => (message.to_json(), ExitCode::SUCCESS),
         Outcome::Failed(text) => (

@@ -1,7 +1,8 @@
 //! Progress counters shared by the pipeline's stages: plain atomics, read by the
 //! CLI's progress bar (and later the status endpoint) without locking.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Byte counters of one import.
 #[derive(Debug, Default)]
@@ -10,6 +11,9 @@ pub struct Progress {
     source_total: AtomicU64,
     decoded: AtomicU64,
     written: AtomicU64,
+    /// Set (for instance by a SIGTERM handler) to stop the import: the next
+    /// read from the source fails, and the normal error path cleans up.
+    cancelled: Arc<AtomicBool>,
 }
 
 impl Progress {
@@ -41,6 +45,14 @@ impl Progress {
     pub fn add_decoded(&self, n: u64) {
         self.decoded.fetch_add(n, Ordering::Relaxed);
     }
+    /// The flag that cancels the import when set.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancelled.clone()
+    }
+    /// True once the import was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
     /// Counts guest bytes handled by the sink.
     pub fn add_written(&self, n: u64) {
         self.written.fetch_add(n, Ordering::Relaxed);
@@ -62,6 +74,12 @@ impl<R> CountingReader<R> {
 
 impl<R: std::io::Read> std::io::Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.progress.is_cancelled() {
+            // Not ErrorKind::Interrupted: readers retry those.
+            return Err(std::io::Error::other(
+                "the import was stopped by a termination signal",
+            ));
+        }
         let n = self.inner.read(buf)?;
         self.progress.add_source_read(n as u64);
         Ok(n)

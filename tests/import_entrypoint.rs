@@ -41,6 +41,21 @@ impl Root {
         fs::read_to_string(self.path().join("dev/termination-log")).unwrap_or_default()
     }
 
+    /// Starts the entrypoint with `env` and returns the child.
+    fn spawn_import(&self, env: &[(&str, &str)]) -> std::process::Child {
+        Command::new(BIN)
+            .args(["-alsologtostderr", "-v=1"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DISKIMPORT_ROOT", self.path())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs the entrypoint as CDI does (`-alsologtostderr -v=1`, no
     /// subcommand) with exactly `env`; returns (exit code, stderr).
     fn import(&self, env: &[(&str, &str)]) -> (i32, String) {
@@ -267,4 +282,43 @@ fn http_import_to_a_block_volume_on_a_4k_loop_device_matches_qemu_img() {
         !root.disk().exists(),
         "nothing written to /data on a block volume"
     );
+}
+
+#[test]
+fn sigterm_stops_an_import_promptly_and_a_second_attempt_starts_cleanly() {
+    let Some(served) = serve_image() else { return };
+    let root = Root::new();
+    // /slow/ is throttled (256 KiB/s after 64 KiB): the import is still running.
+    let slow = format!("{}slow/disk.qcow2", served.base);
+    let mut child = root.spawn_import(&[("IMPORTER_ENDPOINT", &slow)]);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(child.try_wait().unwrap().is_none(), "still importing");
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "not stopped 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1));
+    let text = root.termination();
+    assert!(text.contains("termination signal"), "{text}");
+    let leftovers: Vec<_> = fs::read_dir(root.path().join("data")).unwrap().collect();
+    assert!(leftovers.is_empty(), "nothing left in /data: {leftovers:?}");
+
+    let url = format!("{}disk.qcow2", served.base);
+    let (code, stderr) = root.import(&[("IMPORTER_ENDPOINT", &url)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(root.termination(), SUCCESS);
+    let len = fs::metadata(&served.oracle).unwrap().len();
+    compare_prefix(&root.disk(), &served.oracle, len).unwrap();
 }
