@@ -1,8 +1,39 @@
 //! Progress counters shared by the pipeline's stages: plain atomics, read by the
 //! CLI's progress bar (and later the status endpoint) without locking.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Where an import is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Not started.
+    Pending = 0,
+    /// Connecting to the source.
+    Connecting = 1,
+    /// Bytes are flowing.
+    Transferring = 2,
+    /// Syncing and sizing the target.
+    Finishing = 3,
+    /// Done, successfully.
+    Succeeded = 4,
+    /// Stopped by an error.
+    Failed = 5,
+}
+
+impl Phase {
+    fn from_u8(value: u8) -> Phase {
+        match value {
+            1 => Phase::Connecting,
+            2 => Phase::Transferring,
+            3 => Phase::Finishing,
+            4 => Phase::Succeeded,
+            5 => Phase::Failed,
+            _ => Phase::Pending,
+        }
+    }
+}
 
 /// Byte counters of one import.
 #[derive(Debug, Default)]
@@ -14,6 +45,8 @@ pub struct Progress {
     /// Set (for instance by a SIGTERM handler) to stop the import: the next
     /// read from the source fails, and the normal error path cleans up.
     cancelled: Arc<AtomicBool>,
+    phase: AtomicU8,
+    error: Mutex<Option<String>>,
 }
 
 impl Progress {
@@ -44,6 +77,25 @@ impl Progress {
     /// Counts decoded bytes.
     pub fn add_decoded(&self, n: u64) {
         self.decoded.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
+    }
+    /// Moves to `phase`.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+    /// The error that stopped the import, if any.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().map(|e| e.clone()).unwrap_or(None)
+    }
+    /// Records the error that stopped the import and moves to `Failed`.
+    pub fn fail(&self, message: &str) {
+        if let Ok(mut e) = self.error.lock() {
+            *e = Some(message.to_string());
+        }
+        self.set_phase(Phase::Failed);
     }
     /// The flag that cancels the import when set.
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {

@@ -12,7 +12,7 @@ use super::env::{parse, CdiSource, ContentType, ImportRequest};
 use super::sizing::{final_disk_size, usable_size};
 use super::termination::TerminationMessage;
 use crate::pipeline::{self, ConvertOptions};
-use crate::progress::Progress;
+use crate::progress::{Phase, Progress};
 use crate::sink::block::BlockSink;
 use crate::sink::file::SparseFileSink;
 use crate::sink::threaded::ThreadedSink;
@@ -43,7 +43,10 @@ struct FileTarget {
 pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>) -> Outcome {
     let request = match parse(env, root) {
         Ok(r) => r,
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(e) => {
+            progress.fail(&e.to_string());
+            return Outcome::Failed(e.to_string());
+        }
     };
     let block = root.join("dev/cdi-block-volume");
     let target = if block.exists() {
@@ -51,13 +54,21 @@ pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>
     } else {
         Target::File(root.join("data/disk.img"))
     };
-    match (request.source, request.content_type) {
+    let outcome = match (request.source, request.content_type) {
         (_, ContentType::Archive) => {
             Outcome::Failed("archive content is not supported by diskimport yet".into())
         }
         (CdiSource::Blank, _) => blank(&request, &target),
-        _ => import_disk(&request, &target, progress),
+        _ => import_disk(&request, &target, progress.clone()),
+    };
+    match &outcome {
+        Outcome::Failed(text) => progress.fail(text),
+        Outcome::Done(message) => match &message.message {
+            Some(text) if text.contains("checksum mismatch") => progress.fail(text),
+            _ => progress.set_phase(Phase::Succeeded),
+        },
     }
+    outcome
 }
 
 fn import_disk(request: &ImportRequest, target: &Target, progress: Arc<Progress>) -> Outcome {
@@ -72,6 +83,7 @@ fn import_disk(request: &ImportRequest, target: &Target, progress: Arc<Progress>
             chain(&e)
         ))
     };
+    progress.set_phase(Phase::Connecting);
     let input = match pipeline::open_source(&request.endpoint, &request.source_options, &progress) {
         Ok(i) => i,
         Err(e) => return connect_error(e),
@@ -99,7 +111,9 @@ fn import_disk(request: &ImportRequest, target: &Target, progress: Arc<Progress>
         }
     };
     let mut sink = ThreadedSink::spawn(sink, progress.clone());
-    let report = match pipeline::run(input, &mut sink, &ConvertOptions::default(), progress) {
+    progress.set_phase(Phase::Transferring);
+    let options = ConvertOptions::default();
+    let report = match pipeline::run(input, &mut sink, &options, progress.clone()) {
         Ok(r) => r,
         Err(e) => {
             drop(sink);
@@ -113,6 +127,7 @@ fn import_disk(request: &ImportRequest, target: &Target, progress: Arc<Progress>
             return Outcome::Failed(format!("Unable to process data: {text}"));
         }
     };
+    progress.set_phase(Phase::Finishing);
     if let Some(file) = file {
         let size = final_disk_size(report.virtual_size, file.resize_to);
         if let Err(e) = finish_file(&file.path, size, request.preallocation) {
