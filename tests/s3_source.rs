@@ -905,3 +905,46 @@ fn https_endpoint_with_insecure_skips_verification() {
     assert!(result.ok(), "{}", result.describe());
     assert_same(&target, &expected);
 }
+
+#[test]
+fn object_replaced_during_download_fails_naming_the_etag_change() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    seed_big_raw(&server);
+    let replacement = server.work().join("replacement.raw");
+    make_raw(&replacement, 6, 99);
+    // The first connection is cut after 1 MiB; the resume follows 0.2 s later.
+    let proxy = FaultProxy::start(&server, &["--drop-after", "1048576", "--drop-times", "1"]);
+    let target = server.work().join("out.raw");
+    let url = format!("http://127.0.0.1:{}/{BUCKET}/big.raw", proxy.port);
+    let importer = {
+        let target = target.clone();
+        thread::spawn(move || {
+            let mut extra = vec!["--source-kind", "s3"];
+            extra.extend(credentials_args());
+            import(&url, &target, &extra)
+        })
+    };
+    // Once the cut is logged (after HeadObject, before the resume), replace the
+    // object: a new file renamed over the old one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.drops() == 0 && !importer.is_finished() {
+        assert!(Instant::now() < deadline, "the proxy never cut the stream");
+        thread::sleep(Duration::from_millis(2));
+    }
+    fs::rename(&replacement, server.root.join(BUCKET).join("big.raw")).unwrap();
+
+    let result = importer.join().unwrap();
+    assert_eq!(proxy.drops(), 1, "the proxy did not cut the stream");
+    assert!(
+        !result.ok() && result.status.is_some(),
+        "{}",
+        result.describe()
+    );
+    assert!(
+        result.stderr.contains("changed during the download") && result.stderr.contains("ETag"),
+        "error does not name the ETag change: {}",
+        result.describe()
+    );
+}

@@ -22,8 +22,9 @@
 //! running a small tokio runtime; chunks reach the reader over a bounded
 //! channel, so memory stays bounded. A stream that breaks is resumed with a
 //! ranged `GetObject` from the first missing byte, guarded by `If-Match` on the
-//! ETag, up to a retry budget (50 resumes, or 5 failed attempts in a row without
-//! a byte) with capped exponential backoff (0.2 s doubling to 5 s). A body that ends
+//! ETag (and by comparing the ETag each response reports), up to a retry budget
+//! (50 resumes, or 5 failed attempts in a row without a byte) with capped
+//! exponential backoff (0.2 s doubling to 5 s). A body that ends
 //! short of the object's size is an error, never a silent success.
 
 use std::fmt;
@@ -667,6 +668,15 @@ impl Download {
                 };
             }
         };
+        // Servers that ignore If-Match (s3s-fs does) still report the ETag.
+        if let (Some(expected), Some(got)) = (&self.etag, output.e_tag()) {
+            if expected != got {
+                return Attempt::Fatal(io::Error::other(format!(
+                    "{object}: the object changed during the download (ETag {expected} at \
+                     HeadObject, {got} at byte {offset})"
+                )));
+            }
+        }
         // A server that ignored the Range header sends the whole object again:
         // skip what was already delivered.
         let mut skip = 0u64;
