@@ -948,3 +948,23 @@ fn object_replaced_during_download_fails_naming_the_etag_change() {
         result.describe()
     );
 }
+
+#[test]
+fn https_endpoint_trusts_proxy_ca_dir_too() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let qcow2 = seed_qcow2(&server);
+    let expected = server.work().join("expected.raw");
+    oracle(&qcow2, &expected);
+    let proxy = TlsProxy::start(&server);
+    let ca_dir = proxy.ca_dir(true);
+    let target = server.work().join("out.raw");
+    let result = https_import(
+        &proxy,
+        &target,
+        &["--proxy-ca-dir", ca_dir.to_str().unwrap()],
+    );
+    assert!(result.ok(), "{}", result.describe());
+    assert_same(&target, &expected);
+}

@@ -13,7 +13,8 @@
 //! sent unsigned (anonymous access to public buckets).
 //!
 //! HTTP: the SDK is given its own HTTP client, backed by `reqwest` (rustls), so
-//! that TLS trusts the system roots plus every PEM file in `--ca-dir`, and
+//! that TLS trusts the system roots plus every PEM file in `--ca-dir` and
+//! `--proxy-ca-dir` (as CDI does with `/certs` and `/proxycerts`), and
 //! `--insecure` can skip certificate verification (CDI itself ignores
 //! `INSECURE_TLS` for S3). Proxies come from the usual environment variables.
 //!
@@ -337,6 +338,11 @@ fn http_client(options: &SourceOptions) -> Result<SharedHttpClient, S3Error> {
         .read_timeout(Duration::from_secs(120))
         .user_agent(concat!("diskimport/", env!("CARGO_PKG_VERSION")));
     if let Some(dir) = &options.ca_dir {
+        let certs = load_ca_dir(dir)?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    // CDI trusts its proxy CA bundle for S3 too; the directory may be absent.
+    if let Some(dir) = options.proxy_ca_dir.as_ref().filter(|d| d.exists()) {
         let certs = load_ca_dir(dir)?;
         builder = builder.tls_certs_merge(certs);
     }
