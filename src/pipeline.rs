@@ -25,6 +25,8 @@ pub struct ConvertOptions {
     pub scratch_dir: PathBuf,
     /// Build the qcow2 allocation map.
     pub collect_map: bool,
+    /// Whether the spill file may be used (see [`StreamOptions::spill_allowed`]).
+    pub spill_allowed: bool,
 }
 
 impl Default for ConvertOptions {
@@ -34,6 +36,7 @@ impl Default for ConvertOptions {
             memory_budget: stream.memory_budget,
             scratch_dir: stream.scratch_dir,
             collect_map: false,
+            spill_allowed: true,
         }
     }
 }
@@ -81,6 +84,7 @@ pub fn run(
                 memory_budget: options.memory_budget,
                 scratch_dir: options.scratch_dir.clone(),
                 collect_map: options.collect_map,
+                spill_allowed: options.spill_allowed,
             };
             // A read error is the input's (source or decoder), not the qcow2's.
             let summary =

@@ -322,3 +322,123 @@ fn sigterm_stops_an_import_promptly_and_a_second_attempt_starts_cleanly() {
     let len = fs::metadata(&served.oracle).unwrap().len();
     compare_prefix(&root.disk(), &served.oracle, len).unwrap();
 }
+
+/// nginx serving files copied from the shared corpus.
+fn serve_corpus(files: &[&str]) -> Option<(Nginx, String, tempfile::TempDir)> {
+    let mut needs = Nginx::NEEDS.to_vec();
+    needs.push("gzip");
+    let servers_dir = require_servers(&needs)?;
+    let corpus = common::require_shared()?.join("corpus");
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    fs::create_dir_all(&www).unwrap();
+    for file in files {
+        let name = Path::new(file).file_name().unwrap();
+        fs::copy(corpus.join(file), www.join(name)).unwrap();
+    }
+    let nginx = Nginx::start(&servers_dir, &dir.path().join("nginx"), &www);
+    let base = nginx.http("");
+    Some((nginx, base, dir))
+}
+
+#[test]
+fn archive_content_is_unpacked_into_data_plain_and_gzipped() {
+    let Some((_nginx, base, dir)) = serve_corpus(&["cdi/content.tar"]) else {
+        return;
+    };
+    let www = dir.path().join("www");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("gzip -c content.tar > content.tar.gz")
+        .current_dir(&www)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(www.join("content.tar"))
+        .output()
+        .unwrap();
+    let names: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(!names.is_empty());
+    for file in ["content.tar", "content.tar.gz"] {
+        let root = Root::new();
+        let url = format!("{base}{file}");
+        let (code, stderr) = root.import(&[
+            ("IMPORTER_ENDPOINT", &url),
+            ("IMPORTER_CONTENTTYPE", "archive"),
+        ]);
+        assert_eq!(code, 0, "{file}: {stderr}");
+        assert_eq!(root.termination(), SUCCESS);
+        for name in &names {
+            assert!(
+                root.path().join("data").join(name).exists(),
+                "{file}: {name} missing"
+            );
+        }
+        assert!(!root.disk().exists(), "archive imports make no disk.img");
+    }
+}
+
+/// An image rewritten after an internal snapshot: its active L2 table is
+/// copied to the end, after 8 MiB of the data it maps.
+fn snapshot_rewritten_image(www: &Path) -> PathBuf {
+    let image = www.join("rewritten.qcow2");
+    let path = image.to_str().unwrap();
+    let run = qemu_img(&["create", "-q", "-f", "qcow2", path, "16M"]);
+    assert!(run.ok(), "{}", run.describe());
+    for commands in [
+        vec!["qemu-io", "-c", "write -P 0x5a 0 8M", path],
+        vec!["qemu-img", "snapshot", "-c", "snap", path],
+        vec!["qemu-io", "-c", "write -P 0x6b 1M 64k", path],
+    ] {
+        let status = Command::new(commands[0])
+            .args(&commands[1..])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{commands:?}");
+    }
+    image
+}
+
+#[test]
+fn an_image_needing_more_than_memory_asks_for_scratch_then_uses_it() {
+    let Some((_nginx, base, dir)) = serve_corpus(&[]) else {
+        return;
+    };
+    let image = snapshot_rewritten_image(&dir.path().join("www"));
+    let url = format!("{base}rewritten.qcow2");
+    let env = [
+        ("IMPORTER_ENDPOINT", url.as_str()),
+        ("DISKIMPORT_MEMORY_BUDGET", "65536"),
+    ];
+    let root = Root::new();
+    let (code, stderr) = root.import(&env);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        root.termination(),
+        r#"{"scratchSpaceRequired":true,"preallocationApplied":false,"message":"Import Complete"}"#
+    );
+    assert!(!root.disk().exists());
+
+    // CDI mounts /scratch and starts the pod again.
+    fs::create_dir(root.path().join("scratch")).unwrap();
+    let (code, stderr) = root.import(&env);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(root.termination(), SUCCESS);
+    let oracle = dir.path().join("oracle.raw");
+    let run = qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        image.to_str().unwrap(),
+        oracle.to_str().unwrap(),
+    ]);
+    assert!(run.ok(), "{}", run.describe());
+    let len = fs::metadata(&oracle).unwrap().len();
+    compare_prefix(&root.disk(), &oracle, len).unwrap();
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::env::{parse, CdiSource, ContentType, ImportRequest};
 use super::sizing::{final_disk_size, usable_size};
 use super::termination::TerminationMessage;
+use crate::format::qcow2::Qcow2Error;
 use crate::pipeline::{self, ConvertOptions};
 use crate::progress::{Phase, Progress};
 use crate::sink::block::BlockSink;
@@ -55,11 +56,30 @@ pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>
         Target::File(root.join("data/disk.img"))
     };
     let outcome = match (request.source, request.content_type) {
-        (_, ContentType::Archive) => {
-            Outcome::Failed("archive content is not supported by diskimport yet".into())
+        (CdiSource::Blank, ContentType::Archive) => {
+            Outcome::Failed("Cannot create empty disk with content type archive".into())
         }
+        (_, ContentType::Archive) => import_archive(&request, &target, root, progress.clone()),
         (CdiSource::Blank, _) => blank(&request, &target),
-        _ => import_disk(&request, &target, progress.clone()),
+        _ => {
+            // Scratch space is used only if CDI mounted it; without it an image
+            // that cannot be streamed in memory asks for it (exit 0, JSON).
+            let scratch = root.join("scratch");
+            let mut options = ConvertOptions {
+                spill_allowed: scratch.is_dir(),
+                scratch_dir: scratch,
+                ..ConvertOptions::default()
+            };
+            // Memory for bytes that arrive before their tables (bytes).
+            if let Some(budget) = env
+                .iter()
+                .find(|(k, _)| k == "DISKIMPORT_MEMORY_BUDGET")
+                .and_then(|(_, v)| v.trim().parse().ok())
+            {
+                options.memory_budget = budget;
+            }
+            import_disk(&request, &target, &options, progress.clone())
+        }
     };
     match &outcome {
         Outcome::Failed(text) => progress.fail(text),
@@ -71,7 +91,12 @@ pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>
     outcome
 }
 
-fn import_disk(request: &ImportRequest, target: &Target, progress: Arc<Progress>) -> Outcome {
+fn import_disk(
+    request: &ImportRequest,
+    target: &Target,
+    options: &ConvertOptions,
+    progress: Arc<Progress>,
+) -> Outcome {
     let connect_error = |e: crate::Error| {
         let kind = match request.source {
             CdiSource::S3 => "s3",
@@ -112,11 +137,13 @@ fn import_disk(request: &ImportRequest, target: &Target, progress: Arc<Progress>
     };
     let mut sink = ThreadedSink::spawn(sink, progress.clone());
     progress.set_phase(Phase::Transferring);
-    let options = ConvertOptions::default();
-    let report = match pipeline::run(input, &mut sink, &options, progress.clone()) {
+    let report = match pipeline::run(input, &mut sink, options, progress.clone()) {
         Ok(r) => r,
         Err(e) => {
             drop(sink);
+            if let crate::Error::Qcow2(Qcow2Error::ScratchRequired { .. }) = e {
+                return Outcome::Done(TerminationMessage::scratch_required());
+            }
             let text = chain(&e);
             if text.contains("checksum mismatch") {
                 if let Target::File(path) = target {
@@ -136,6 +163,56 @@ fn import_disk(request: &ImportRequest, target: &Target, progress: Arc<Progress>
     }
     let preallocated = request.preallocation && matches!(target, Target::File(_));
     Outcome::Done(TerminationMessage::complete(preallocated))
+}
+
+/// `archive`: the (decoded) tar stream unpacked into `/data`.
+fn import_archive(
+    request: &ImportRequest,
+    target: &Target,
+    root: &Path,
+    progress: Arc<Progress>,
+) -> Outcome {
+    if let Target::Block(_) = target {
+        return Outcome::Failed(
+            "Unable to process data: archive content needs a Filesystem volume, not a block device"
+                .into(),
+        );
+    }
+    let data = root.join("data");
+    progress.set_phase(Phase::Connecting);
+    let input = match pipeline::open_source(&request.endpoint, &request.source_options, &progress) {
+        Ok(i) => i,
+        Err(e) => {
+            return Outcome::Failed(format!(
+                "Unable to connect to http data source: {}",
+                chain(&e)
+            ))
+        }
+    };
+    progress.set_phase(Phase::Transferring);
+    let unpacked = crate::decode::decode_all(input)
+        .map_err(|e| chain(&e))
+        .and_then(|(_, decoded)| super::archive::unpack(decoded, &data).map_err(|e| chain(&e)));
+    match unpacked {
+        Ok(_) => Outcome::Done(TerminationMessage::complete(false)),
+        Err(text) => {
+            if text.contains("checksum mismatch") {
+                // As CDI does: what was unpacked from a bad download goes.
+                if let Ok(entries) = std::fs::read_dir(&data) {
+                    for entry in entries.flatten() {
+                        let path = entry.path();
+                        let _ = if path.is_dir() && !path.is_symlink() {
+                            std::fs::remove_dir_all(&path)
+                        } else {
+                            std::fs::remove_file(&path)
+                        };
+                    }
+                }
+                return Outcome::Done(TerminationMessage::checksum_mismatch(&text));
+            }
+            Outcome::Failed(format!("Unable to process data: {text}"))
+        }
+    }
 }
 
 /// The space a Filesystem volume offers for the image, and the size to grow

@@ -3,6 +3,7 @@
 //! Pure functions over an environment map and paths, so they are tested
 //! without a cluster; the `import` entrypoint builds on them.
 
+pub mod archive;
 pub mod env;
 pub mod import;
 pub mod quantity;

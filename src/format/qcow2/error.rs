@@ -200,6 +200,13 @@ pub enum Qcow2Error {
         /// For what.
         what: &'static str,
     },
+    /// The image needs more than the memory budget and no scratch space is
+    /// available. The text is CDI's, which its controller recognizes.
+    #[error("scratch space required and none found (the image's tables come after its data and {budget} bytes of memory are not enough)")]
+    ScratchRequired {
+        /// The memory budget.
+        budget: u64,
+    },
     /// Reading the stream failed.
     #[error("reading the image: {0}")]
     Read(#[source] std::io::Error),

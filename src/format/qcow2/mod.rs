@@ -39,6 +39,10 @@ pub struct StreamOptions {
     pub memory_budget: u64,
     /// Where the spill file goes.
     pub scratch_dir: PathBuf,
+    /// Whether a spill file may be made at all. Without it, an image that
+    /// needs more than the memory budget is refused with
+    /// [`Qcow2Error::ScratchRequired`] (CDI then mounts scratch space).
+    pub spill_allowed: bool,
     /// Build the allocation map (for `info --map`).
     pub collect_map: bool,
 }
@@ -48,6 +52,7 @@ impl Default for StreamOptions {
         StreamOptions {
             memory_budget: DEFAULT_MEMORY_BUDGET,
             scratch_dir: std::env::temp_dir(),
+            spill_allowed: true,
             collect_map: false,
         }
     }

@@ -112,7 +112,12 @@ impl<'a> Engine<'a> {
             max_wants: (options.memory_budget / WANT_COST).max(4096) as usize,
             cursor,
             recent: VecDeque::new(),
-            retained: Retained::new(options.memory_budget, &options.scratch_dir),
+            retained: Retained::new(
+                options.memory_budget,
+                options
+                    .spill_allowed
+                    .then_some(options.scratch_dir.as_path()),
+            ),
             metadata_complete: false,
             l2_pending: 0,
             l2_offsets: Vec::new(),

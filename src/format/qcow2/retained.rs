@@ -15,7 +15,8 @@ use super::error::Qcow2Error;
 /// Where unclaimed bytes wait.
 pub struct Retained {
     budget: u64,
-    scratch_dir: PathBuf,
+    /// Where to spill; `None`: spilling is not allowed.
+    scratch_dir: Option<PathBuf>,
     /// In-memory pieces: (stream offset, bytes), ascending and disjoint.
     memory: Vec<(u64, Bytes)>,
     memory_bytes: u64,
@@ -32,11 +33,12 @@ struct Spill {
 }
 
 impl Retained {
-    /// An empty store that holds up to `budget` bytes in memory.
-    pub fn new(budget: u64, scratch_dir: &Path) -> Self {
+    /// An empty store that holds up to `budget` bytes in memory, then spills
+    /// into `scratch_dir` (if there is one).
+    pub fn new(budget: u64, scratch_dir: Option<&Path>) -> Self {
         Retained {
             budget,
-            scratch_dir: scratch_dir.to_path_buf(),
+            scratch_dir: scratch_dir.map(Path::to_path_buf),
             memory: Vec::new(),
             memory_bytes: 0,
             spill: None,
@@ -66,16 +68,21 @@ impl Retained {
             self.peak_memory = self.peak_memory.max(self.memory_bytes);
             return Ok(());
         }
+        let Some(dir) = &self.scratch_dir else {
+            return Err(Qcow2Error::ScratchRequired {
+                budget: self.budget,
+            });
+        };
         let spill_error = |source| Qcow2Error::Spill {
-            dir: self.scratch_dir.display().to_string(),
+            dir: dir.display().to_string(),
             source,
         };
         if self.spill.is_none() {
-            let file = tempfile::tempfile_in(&self.scratch_dir).map_err(spill_error)?;
+            let file = tempfile::tempfile_in(dir).map_err(spill_error)?;
             tracing::info!(
                 "unclaimed image bytes exceed the memory budget of {} bytes: spilling to {}",
                 self.budget,
-                self.scratch_dir.display()
+                dir.display()
             );
             self.spill = Some(Spill {
                 file,
@@ -123,7 +130,10 @@ impl Retained {
                 .file
                 .read_exact_at(&mut buf, file_off + from)
                 .map_err(|source| Qcow2Error::Spill {
-                    dir: self.scratch_dir.display().to_string(),
+                    dir: self
+                        .scratch_dir
+                        .as_ref()
+                        .map_or(String::new(), |d| d.display().to_string()),
                     source,
                 })?;
             out.extend_from_slice(&buf);
@@ -155,7 +165,7 @@ mod tests {
     #[test]
     fn pieces_are_found_across_memory_and_spill() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Retained::new(10, dir.path());
+        let mut store = Retained::new(10, Some(dir.path()));
         store.keep(100, b"abcdefgh").unwrap();
         store.keep(108, b"ijklmnop").unwrap(); // over budget: spilled
         store.keep(200, b"XYZ").unwrap();

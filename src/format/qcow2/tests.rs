@@ -128,6 +128,7 @@ fn tables_after_their_data_convert_through_the_spill_file() {
     let options = StreamOptions {
         memory_budget: 0,
         scratch_dir: dir.path().to_path_buf(),
+        spill_allowed: true,
         collect_map: false,
     };
     let disk = convert(&tables_at_end().bytes, &options).unwrap();
@@ -207,4 +208,15 @@ fn an_image_cut_inside_a_data_cluster_is_an_error_not_zeroes() {
     img.bytes.truncate((4 * CLUSTER + 100) as usize);
     let err = convert(&img.bytes, &StreamOptions::default()).unwrap_err();
     assert!(matches!(err, Qcow2Error::Truncated { .. }), "{err}");
+}
+
+#[test]
+fn without_scratch_space_a_spill_is_refused_as_scratch_required() {
+    let options = StreamOptions {
+        memory_budget: 0,
+        spill_allowed: false,
+        ..StreamOptions::default()
+    };
+    let err = convert(&tables_at_end().bytes, &options).unwrap_err();
+    assert!(matches!(err, Qcow2Error::ScratchRequired { .. }), "{err}");
 }
