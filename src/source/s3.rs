@@ -151,33 +151,47 @@ pub fn open(
     }
     let client = aws_sdk_s3::Client::from_conf(config.build());
 
+    // The runtime lives on its own thread, so `open` also works when called
+    // from inside another runtime; HeadObject's answer comes back first.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("s3-source")
         .build()
         .map_err(S3Error::Runtime)?;
-    let head = runtime.block_on(head(&client, &location))?;
-    progress.set_source_total(head.size);
-    tracing::debug!(
-        object = %location.object(),
-        size = head.size,
-        etag = ?head.etag,
-        "s3 object found"
-    );
-
+    let (head_tx, head_rx) = std::sync::mpsc::sync_channel(1);
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    let (object, size) = (location.object(), head.size);
-    let download = Download {
-        client,
-        location,
-        size: head.size,
-        etag: head.etag,
-        tx,
-    };
     std::thread::Builder::new()
         .name("s3-source".into())
-        .spawn(move || runtime.block_on(download.run()))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let head = match head(&client, &location).await {
+                    Ok(head) => head,
+                    Err(error) => {
+                        let _ = head_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = head_tx.send(Ok((location.object(), head.size)));
+                tracing::debug!(
+                    object = %location.object(),
+                    size = head.size,
+                    etag = ?head.etag,
+                    "s3 object found"
+                );
+                let download = Download {
+                    client,
+                    location,
+                    size: head.size,
+                    etag: head.etag,
+                    tx,
+                };
+                download.run().await;
+            })
+        })
         .map_err(S3Error::Runtime)?;
+    let (object, size) = head_rx
+        .recv()
+        .map_err(|_| S3Error::Runtime(io::Error::other("the S3 download thread ended early")))??;
+    progress.set_source_total(size);
     Ok(Box::new(ChannelReader::new(rx, object, size)))
 }
 
