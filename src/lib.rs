@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod stream;
 
 pub use error::Error;

@@ -55,6 +55,13 @@ enum Command {
         /// /dev/termination-log, ...) are taken relative to.
         #[arg(long, env = "DISKIMPORT_ROOT", default_value = "/")]
         root: PathBuf,
+        /// Port of the HTTPS progress endpoint CDI's controller scrapes
+        /// (/metrics, /status, /healthz); 0 picks a free port.
+        #[arg(long, env = "DISKIMPORT_STATUS_PORT", default_value_t = 8443)]
+        status_port: u16,
+        /// Address the progress endpoint listens on.
+        #[arg(long, env = "DISKIMPORT_STATUS_ADDR", default_value = "0.0.0.0")]
+        status_addr: std::net::IpAddr,
     },
     /// Describe SOURCE: format, compression, virtual size, allocation.
     Info {
@@ -192,7 +199,11 @@ fn main() -> ExitCode {
             tuning,
             source_args,
         } => info(&source, json, map, &tuning, &source_args),
-        Command::Import { root } => return import(&root),
+        Command::Import {
+            root,
+            status_port,
+            status_addr,
+        } => return import(&root, std::net::SocketAddr::new(status_addr, status_port)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -241,10 +252,30 @@ fn klog_compatible_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<s
 
 /// The importer pod's entrypoint: runs the import, writes the termination
 /// message, and exits as CDI's controller expects (0 with JSON, or 1 with text).
-fn import(root: &std::path::Path) -> ExitCode {
+/// The progress endpoint on `status` is up before any work and until the
+/// termination message is written; when it cannot start the import runs anyway.
+fn import(root: &std::path::Path, status: std::net::SocketAddr) -> ExitCode {
     use diskimport::cdi::import::{run_import, Outcome};
     let env: Vec<(String, String)> = std::env::vars().collect();
     let progress = Arc::new(Progress::default());
+    let owner_uid = env
+        .iter()
+        .find(|(k, _)| k == "OWNER_UID")
+        .map_or("", |(_, v)| v.as_str());
+    let status_server =
+        match diskimport::status::StatusServer::start(status, owner_uid, progress.clone()) {
+            Ok(server) => {
+                eprintln!(
+                    "status endpoint listening on https://{}",
+                    server.local_addr()
+                );
+                Some(server)
+            }
+            Err(e) => {
+                eprintln!("warning: status endpoint on {status} not started: {e}");
+                None
+            }
+        };
     // SIGTERM (pod deletion) and SIGINT stop the import at the next read; the
     // normal error path then removes the partial target and reports.
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -272,6 +303,7 @@ fn import(root: &std::path::Path) -> ExitCode {
             log.display()
         );
     }
+    drop(status_server);
     code
 }
 
