@@ -635,6 +635,52 @@ mod tests {
     }
 
     #[test]
+    fn serves_https_with_the_generated_certificate_and_stops() {
+        let progress = Arc::new(Progress::default());
+        let server =
+            StatusServer::start(SocketAddr::from(([127, 0, 0, 1], 0)), "u", progress.clone())
+                .unwrap();
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0);
+        let client = reqwest::blocking::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .tls_info(true)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let response = client
+            .get(format!("https://127.0.0.1:{}/healthz", addr.port()))
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let der = response
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate())
+            .map(<[u8]>::to_vec)
+            .expect("a peer certificate");
+        assert_eq!(response.text().unwrap(), "ok");
+        let has = |needle: &[u8]| der.windows(needle.len()).any(|w| w == needle);
+        assert!(has(CERT_COMMON_NAME.as_bytes()), "CN in the certificate");
+        assert!(has(b"localhost"), "DNS SAN localhost");
+        // The IP SAN: context tag [7], length 4, 127.0.0.1.
+        assert!(has(&[0x87, 4, 127, 0, 0, 1]), "IP SAN 127.0.0.1");
+        progress.set_phase(Phase::Transferring);
+        let status: StatusReport = client
+            .get(format!("https://127.0.0.1:{}/status", addr.port()))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(status.phase, "transferring");
+        server.stop();
+        assert!(
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+            "closed after stop"
+        );
+    }
+
+    #[test]
     fn metrics_carry_the_progress_family_and_the_counters() {
         let progress = Arc::new(Progress::default());
         progress.set_source_total(400);

@@ -397,3 +397,57 @@ fn a_failed_import_reports_failed_and_the_error_until_the_message_is_written() {
     assert_eq!(code, Some(1), "{text}");
     assert!(!text.is_empty());
 }
+
+#[test]
+fn an_endpoint_port_in_use_is_a_warning_and_the_import_still_runs() {
+    let Some(served) = serve_image() else { return };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let root = tempfile::tempdir().unwrap();
+    fs::create_dir_all(root.path().join("data")).unwrap();
+    fs::create_dir_all(root.path().join("dev")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["import", "--root"])
+        .arg(root.path())
+        .args(["--status-port", &port, "--status-addr", "127.0.0.1"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("IMPORTER_SOURCE", "http")
+        .env("IMPORTER_ENDPOINT", served.nginx.http("disk.qcow2"))
+        .env("IMPORTER_CONTENTTYPE", "kubevirt")
+        .env("IMPORTER_IMAGE_SIZE", "64Mi")
+        .env("FILESYSTEM_OVERHEAD", "0")
+        .env("OWNER_UID", OWNER_UID)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("import did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("status endpoint") && stderr.contains("not started"),
+        "{stderr}"
+    );
+    let text = fs::read_to_string(root.path().join("dev/termination-log")).unwrap();
+    assert!(text.contains("Import Complete"), "{text}");
+    drop(taken);
+}
