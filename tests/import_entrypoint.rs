@@ -48,6 +48,9 @@ impl Root {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DISKIMPORT_ROOT", self.path())
+            // The status endpoint: loopback only, any free port.
+            .env("DISKIMPORT_STATUS_ADDR", "127.0.0.1")
+            .env("DISKIMPORT_STATUS_PORT", "0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -64,6 +67,9 @@ impl Root {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DISKIMPORT_ROOT", self.path())
+            // The status endpoint: loopback only, any free port.
+            .env("DISKIMPORT_STATUS_ADDR", "127.0.0.1")
+            .env("DISKIMPORT_STATUS_PORT", "0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
