@@ -41,41 +41,31 @@ impl Root {
         fs::read_to_string(self.path().join("dev/termination-log")).unwrap_or_default()
     }
 
-    /// Starts the entrypoint with `env` and returns the child.
-    fn spawn_import(&self, env: &[(&str, &str)]) -> std::process::Child {
-        Command::new(BIN)
+    /// The entrypoint as CDI starts it (`-alsologtostderr -v=1`, no
+    /// subcommand) with exactly `env`, the status endpoint on loopback.
+    fn command(&self, env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(BIN);
+        command
             .args(["-alsologtostderr", "-v=1"])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DISKIMPORT_ROOT", self.path())
-            // The status endpoint: loopback only, any free port.
             .env("DISKIMPORT_STATUS_ADDR", "127.0.0.1")
             .env("DISKIMPORT_STATUS_PORT", "0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+            .stdout(Stdio::null());
+        command
     }
 
-    /// Runs the entrypoint as CDI does (`-alsologtostderr -v=1`, no
-    /// subcommand) with exactly `env`; returns (exit code, stderr).
+    /// Starts the entrypoint and returns the child.
+    fn spawn_import(&self, env: &[(&str, &str)]) -> std::process::Child {
+        self.command(env).stderr(Stdio::null()).spawn().unwrap()
+    }
+
+    /// Runs the entrypoint to its end; returns (exit code, stderr).
     fn import(&self, env: &[(&str, &str)]) -> (i32, String) {
-        let mut child = Command::new(BIN)
-            .args(["-alsologtostderr", "-v=1"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DISKIMPORT_ROOT", self.path())
-            // The status endpoint: loopback only, any free port.
-            .env("DISKIMPORT_STATUS_ADDR", "127.0.0.1")
-            .env("DISKIMPORT_STATUS_PORT", "0")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = self.command(env).stderr(Stdio::piped()).spawn().unwrap();
         let started = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {

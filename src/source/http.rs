@@ -236,18 +236,8 @@ fn load_ca_dir(dir: &Path) -> Result<Vec<Certificate>, HttpError> {
         path: path.display().to_string(),
         reason,
     };
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .map_err(|e| err(dir, e.to_string()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.starts_with('.'))
-                && p.is_file()
-        })
-        .collect();
-    entries.sort();
+    let entries =
+        super::ca_dir::certificate_files(dir, false).map_err(|e| err(dir, e.to_string()))?;
     let mut certs = Vec::new();
     for path in entries {
         let pem = fs::read(&path).map_err(|e| err(&path, e.to_string()))?;

@@ -8,6 +8,7 @@
 //! - `registry`: `docker://` containerDisk images.
 //! - `checksum`: verifies `--checksum ALGO:HEX` over the bytes as served.
 
+pub mod ca_dir;
 pub mod checksum;
 pub mod file;
 pub mod http;

@@ -256,15 +256,7 @@ fn load_certificates(dir: &Path) -> Result<Vec<Certificate>, RegistryError> {
         path: path.display().to_string(),
         reason,
     };
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| bad(dir, e.to_string()))? {
-        let entry = entry.map_err(|e| bad(dir, e.to_string()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && (name.ends_with(".crt") || name.ends_with(".pem")) {
-            names.push(entry.path());
-        }
-    }
-    names.sort();
+    let names = super::ca_dir::certificate_files(dir, true).map_err(|e| bad(dir, e.to_string()))?;
     let mut certificates = Vec::new();
     for path in names {
         let text = std::fs::read_to_string(&path).map_err(|e| bad(&path, e.to_string()))?;

@@ -375,19 +375,8 @@ fn http_client(options: &SourceOptions) -> Result<SharedHttpClient, S3Error> {
 /// Every non-dot file in `dir` as PEM certificates (CDI mounts a ConfigMap
 /// there: any key name, `..data` style entries skipped).
 fn load_ca_dir(dir: &std::path::Path) -> Result<Vec<reqwest::Certificate>, S3Error> {
-    let entries = std::fs::read_dir(dir)
+    let paths = super::ca_dir::certificate_files(dir, false)
         .map_err(|e| S3Error::Certificates(format!("reading {}: {e}", dir.display())))?;
-    let mut paths: Vec<_> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.starts_with('.'))
-                && p.is_file()
-        })
-        .collect();
-    paths.sort();
     let mut certs = Vec::new();
     for path in paths {
         let pem = std::fs::read(&path)
