@@ -83,7 +83,9 @@ pub struct ImportRequest {
     pub filesystem_overhead: f64,
     /// `PREALLOCATION`.
     pub preallocation: bool,
-    /// `CACHE_MODE=TRYNONE`: write the target with direct I/O.
+    /// `CACHE_MODE=TRYNONE` (set by CDI after an OOM kill): keep the page
+    /// cache of the target bounded. Block devices are always written with
+    /// O_DIRECT; files then wait for writeback and drop written pages.
     pub direct_io: bool,
     /// How to reach the source.
     pub source_options: SourceOptions,

@@ -125,7 +125,10 @@ fn import_disk(
             };
             match SparseFileSink::create(path) {
                 Ok(s) => (
-                    Box::new(s.with_capacity_limit(available)),
+                    Box::new(
+                        s.with_capacity_limit(available)
+                            .with_bounded_cache(request.direct_io),
+                    ),
                     Some(FileTarget {
                         path: path.clone(),
                         resize_to,
