@@ -159,6 +159,9 @@ fn http_import_to_a_filesystem_volume_matches_qemu_img_and_fills_the_volume() {
         64 << 20,
         "grown to the volume's usable size"
     );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(root.disk()).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o660, "CDI's mode for disk.img");
     assert!(disk[oracle_len as usize..].iter().all(|b| *b == 0));
 }
 

@@ -127,7 +127,8 @@ fn import_disk(
                 Ok(s) => (
                     Box::new(
                         s.with_capacity_limit(available)
-                            .with_bounded_cache(request.direct_io),
+                            .with_bounded_cache(request.direct_io)
+                            .with_mode(0o660),
                     ),
                     Some(FileTarget {
                         path: path.clone(),
@@ -242,6 +243,8 @@ fn file_space(path: &Path, request: &ImportRequest) -> Result<(u64, Option<u64>)
 /// Grows the finished disk to `size` and preallocates it when asked.
 fn finish_file(path: &Path, size: u64, preallocate: bool) -> std::io::Result<()> {
     let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    // CDI leaves disk.img readable and writable by the pod's group (fsGroup).
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o660))?;
     if file.metadata()?.len() < size {
         file.set_len(size)?;
     }

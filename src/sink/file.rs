@@ -29,6 +29,8 @@ pub struct SparseFileSink {
     /// Keep the page cache bounded: wait for each writeback and drop the
     /// written pages (CDI's `CACHE_MODE=TRYNONE`, set after an OOM kill).
     bounded_cache: bool,
+    /// Permission bits of the finished file.
+    mode: u32,
     summary: SinkSummary,
 }
 
@@ -66,6 +68,7 @@ impl SparseFileSink {
             unflushed: 0,
             capacity: None,
             bounded_cache: false,
+            mode: 0o644,
             summary: SinkSummary::default(),
         })
     }
@@ -73,6 +76,12 @@ impl SparseFileSink {
     /// Refuses images larger than `capacity` bytes, before anything is written.
     pub fn with_capacity_limit(mut self, capacity: u64) -> Self {
         self.capacity = Some(capacity);
+        self
+    }
+
+    /// Permission bits of the finished file (default 0644; CDI uses 0660).
+    pub fn with_mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
         self
     }
 
@@ -170,6 +179,11 @@ impl ExtentSink for SparseFileSink {
             self.set_size(self.high_water)?;
         }
         let temp = self.temp.take().expect("finish called once");
+        // The temporary file was made 0600; the disk gets its real mode.
+        use std::os::unix::fs::PermissionsExt;
+        temp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(self.mode))
+            .map_err(|e| io_error("setting the permissions of", &self.target, e))?;
         temp.as_file()
             .sync_all()
             .map_err(|e| io_error("syncing", &self.target, e))?;
@@ -253,6 +267,9 @@ mod tests {
         let summary = sink.finish().unwrap();
         assert_eq!(summary.bytes_written, (pieces * piece) as u64);
         let written = std::fs::read(&target).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "not the temporary file's 0600");
         for i in 0..pieces {
             assert_eq!(
                 &written[i * piece..(i + 1) * piece],
