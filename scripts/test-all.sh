@@ -24,6 +24,7 @@ declare -A need=(
     [skopeo]=skopeo
     [htpasswd]=apache2-utils
     [nginx]=nginx
+    [tinyproxy]=tinyproxy
     [openssl]=openssl
     [python3]=python3
 )

@@ -30,3 +30,19 @@ pub enum Error {
     #[error("target: {0}")]
     Sink(#[from] SinkError),
 }
+
+/// An error and its chain of causes on one line, each cause added only when the
+/// text so far does not already contain it (many errors repeat their source).
+pub fn describe_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

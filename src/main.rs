@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
+use diskimport::error::describe_chain;
 use diskimport::format::qcow2::DEFAULT_MEMORY_BUDGET;
 use diskimport::format::ImageFormat;
 use diskimport::pipeline::{self, ConvertOptions, Report};
@@ -307,21 +308,6 @@ fn import(root: &std::path::Path, status: std::net::SocketAddr) -> ExitCode {
     code
 }
 
-/// Formats an error with its chain of causes.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 fn convert(
     source: &str,
     target: &std::path::Path,
@@ -332,15 +318,15 @@ fn convert(
     let started = Instant::now();
     let progress = Arc::new(Progress::default());
     let input = pipeline::open_source(source, &source_args.options()?, &progress)
-        .map_err(|e| describe(&e))?;
-    let target_sink = open_target(target).map_err(|e| describe(&e))?;
+        .map_err(|e| describe_chain(&e))?;
+    let target_sink = open_target(target).map_err(|e| describe_chain(&e))?;
     let mut sink = ThreadedSink::spawn(target_sink, progress.clone());
     let bar = (!quiet).then(|| cli_progress::Bar::start(progress.clone()));
     let result = pipeline::run(input, &mut sink, &tuning.options(false), progress.clone());
     if let Some(bar) = bar {
         bar.stop();
     }
-    let report = result.map_err(|e| describe(&e))?;
+    let report = result.map_err(|e| describe_chain(&e))?;
     if !quiet {
         eprintln!(
             "{}",
@@ -403,10 +389,10 @@ fn info(
 ) -> Result<(), String> {
     let progress = Arc::new(Progress::default());
     let input = pipeline::open_source(source, &source_args.options()?, &progress)
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| describe_chain(&e))?;
     let mut sink = NullSink::default();
     let report = pipeline::run(input, &mut sink, &tuning.options(map), progress)
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| describe_chain(&e))?;
     if map {
         let entries = match &report.qcow2 {
             Some(q) => q.map.clone().unwrap_or_default(),

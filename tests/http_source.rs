@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{compare_files, qemu_img, run_cmd, Run, BIN, TIMEOUT};
-use servers::{require_servers, FaultProxy, Faulty, Nginx};
+use servers::{require_servers, FaultProxy, Faulty, Nginx, Tinyproxy};
 use tempfile::TempDir;
 
 /// Test images, made at test time with qemu-img.
@@ -523,6 +523,39 @@ fn no_proxy_env_bypasses_the_proxy() {
     // Straight to a name that does not resolve: retried, then a failure.
     assert_failed(&run, &target, &["giving up"]);
     assert!(!nginx.access_log().contains("disk-image.invalid"));
+}
+
+/// https through a real forward proxy (tinyproxy): the TLS session is tunnelled
+/// with CONNECT and still verified against the CA directory end to end.
+#[test]
+fn https_proxy_env_tunnels_tls_with_connect() {
+    let mut needs = nginx_needs();
+    needs.extend(Tinyproxy::NEEDS);
+    let Some(_) = require_servers(&needs) else {
+        return;
+    };
+    let images = Images::new();
+    let nginx = start_nginx(&images);
+    let proxy = Tinyproxy::start(&images.work("tinyproxy"));
+    let ca = images.ca_dir("tunnel-ca", &nginx.ca_bundle);
+    let target = images.target("https-proxy");
+    // `localhost` so that the name the certificate is checked against is the
+    // one the proxy resolves.
+    let url = format!("https://localhost:{}/disk.qcow2", nginx.https_port);
+    for var in ["https_proxy", "HTTPS_PROXY"] {
+        let run = import_env(
+            &url,
+            &target,
+            &["--ca-dir", ca.to_str().unwrap()],
+            &[(var, &proxy.url())],
+        );
+        assert_imported(&run, &target, &images);
+    }
+    let tunnels = count(
+        &proxy.requests(),
+        &format!("CONNECT localhost:{}", nginx.https_port),
+    );
+    assert!(tunnels >= 2, "not tunnelled:\n{}", proxy.requests());
 }
 
 // ---- faulty_http.py: faults ------------------------------------------------

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::env::{parse, CdiSource, ContentType, ImportRequest};
 use super::sizing::{final_disk_size, usable_size};
 use super::termination::TerminationMessage;
+use crate::error::describe_chain;
 use crate::format::qcow2::Qcow2Error;
 use crate::pipeline::{self, ConvertOptions};
 use crate::progress::{Phase, Progress};
@@ -26,6 +27,14 @@ pub enum Outcome {
     Done(TerminationMessage),
     /// Exit 1 with this text.
     Failed(String),
+}
+
+impl Outcome {
+    /// The failure CDI reports for anything that breaks after the source is
+    /// open: "Unable to process data: " and the error with its causes.
+    fn processing_failed(error: &dyn std::error::Error) -> Self {
+        Outcome::Failed(format!("Unable to process data: {}", describe_chain(error)))
+    }
 }
 
 /// Where the import writes.
@@ -105,7 +114,7 @@ fn import_disk(
         };
         Outcome::Failed(format!(
             "Unable to connect to {kind} data source: {}",
-            chain(&e)
+            describe_chain(&e)
         ))
     };
     progress.set_phase(Phase::Connecting);
@@ -116,7 +125,7 @@ fn import_disk(
     let (sink, file): (Box<dyn ExtentSink>, Option<FileTarget>) = match target {
         Target::Block(device) => match BlockSink::open(device) {
             Ok(s) => (Box::new(s), None),
-            Err(e) => return Outcome::Failed(format!("Unable to process data: {}", chain(&e))),
+            Err(e) => return Outcome::processing_failed(&e),
         },
         Target::File(path) => {
             let (available, resize_to) = match file_space(path, request) {
@@ -135,7 +144,7 @@ fn import_disk(
                         resize_to,
                     }),
                 ),
-                Err(e) => return Outcome::Failed(format!("Unable to process data: {}", chain(&e))),
+                Err(e) => return Outcome::processing_failed(&e),
             }
         }
     };
@@ -148,7 +157,7 @@ fn import_disk(
             if let crate::Error::Qcow2(Qcow2Error::ScratchRequired { .. }) = e {
                 return Outcome::Done(TerminationMessage::scratch_required());
             }
-            let text = chain(&e);
+            let text = describe_chain(&e);
             if text.contains("checksum mismatch") {
                 if let Target::File(path) = target {
                     let _ = std::fs::remove_file(path);
@@ -189,14 +198,16 @@ fn import_archive(
         Err(e) => {
             return Outcome::Failed(format!(
                 "Unable to connect to http data source: {}",
-                chain(&e)
+                describe_chain(&e)
             ))
         }
     };
     progress.set_phase(Phase::Transferring);
     let unpacked = crate::decode::decode_all(input)
-        .map_err(|e| chain(&e))
-        .and_then(|(_, decoded)| super::archive::unpack(decoded, &data).map_err(|e| chain(&e)));
+        .map_err(|e| describe_chain(&e))
+        .and_then(|(_, decoded)| {
+            super::archive::unpack(decoded, &data).map_err(|e| describe_chain(&e))
+        });
     match unpacked {
         Ok(_) => Outcome::Done(TerminationMessage::complete(false)),
         Err(text) => {
@@ -283,23 +294,8 @@ fn blank(request: &ImportRequest, target: &Target) -> Outcome {
             });
             match zeroed {
                 Ok(_) => Outcome::Done(TerminationMessage::blank_created(true)),
-                Err(e) => Outcome::Failed(format!("Unable to process data: {}", chain(&e))),
+                Err(e) => Outcome::processing_failed(&e),
             }
         }
     }
-}
-
-/// An error with its causes, on one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

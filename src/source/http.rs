@@ -39,7 +39,6 @@
 //! Errors that surface while reading are `io::Error`s wrapping [`HttpError`],
 //! whose Display carries the cause.
 
-use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
@@ -55,6 +54,7 @@ use reqwest::{Certificate, StatusCode};
 use url::Url;
 
 use super::SourceOptions;
+use crate::error::describe_chain;
 use crate::progress::Progress;
 
 /// Redirect hops followed before giving up.
@@ -227,7 +227,9 @@ fn build_client(options: &SourceOptions) -> Result<Client, HttpError> {
     if options.insecure {
         builder = builder.tls_danger_accept_invalid_certs(true);
     }
-    builder.build().map_err(|e| HttpError::Client(chain(&e)))
+    builder
+        .build()
+        .map_err(|e| HttpError::Client(describe_chain(&e)))
 }
 
 /// Every certificate in every non-dot regular file of `dir` (PEM, any name).
@@ -241,7 +243,8 @@ fn load_ca_dir(dir: &Path) -> Result<Vec<Certificate>, HttpError> {
     let mut certs = Vec::new();
     for path in entries {
         let pem = fs::read(&path).map_err(|e| err(&path, e.to_string()))?;
-        let found = Certificate::from_pem_bundle(&pem).map_err(|e| err(&path, chain(&e)))?;
+        let found =
+            Certificate::from_pem_bundle(&pem).map_err(|e| err(&path, describe_chain(&e)))?;
         if found.is_empty() {
             return Err(err(&path, "no PEM certificate in file".into()));
         }
@@ -416,7 +419,7 @@ impl Transfer {
                 if self.pos > 0 {
                     tracing::info!(offset = self.pos, "server sent the whole object; skipping what was read");
                     skip(&mut resp, self.pos).map_err(|e| Failure::Transient {
-                        what: format!("skipping {} bytes already read: {}", self.pos, chain(&e)),
+                        what: format!("skipping {} bytes already read: {}", self.pos, describe_chain(&e)),
                         retry_after: None,
                     })?;
                 }
@@ -607,7 +610,7 @@ impl Transfer {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let what = format!("read failed at byte {}: {}", self.pos, chain(&e));
+                    let what = format!("read failed at byte {}: {}", self.pos, describe_chain(&e));
                     self.note_failure(what, None)?;
                 }
             }
@@ -638,7 +641,7 @@ fn skip(resp: &mut Response, n: u64) -> io::Result<()> {
 
 /// Maps a request error: certificate problems are fatal, the rest transient.
 fn classify(url: &Url, e: &reqwest::Error) -> Failure {
-    let detail = chain(e);
+    let detail = describe_chain(e);
     if detail.to_ascii_lowercase().contains("certificate") {
         Failure::Fatal(HttpError::Certificate {
             url: redact(url),
@@ -655,20 +658,6 @@ fn classify(url: &Url, e: &reqwest::Error) -> Failure {
             retry_after: None,
         }
     }
-}
-
-/// The error and its causes, joined (reqwest's Display alone hides the cause).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(cause) = cur {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            let _ = write!(out, ": {text}");
-        }
-        cur = cause.source();
-    }
-    out
 }
 
 /// The URL without user info (never print passwords).

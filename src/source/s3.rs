@@ -46,6 +46,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::SourceOptions;
+use crate::error::describe_chain;
 use crate::progress::Progress;
 
 /// Region used when neither `--region`, the endpoint host nor the environment
@@ -365,7 +366,7 @@ fn http_client(options: &SourceOptions) -> Result<SharedHttpClient, S3Error> {
     }
     let client = builder
         .build()
-        .map_err(|e| S3Error::Client(error_chain(&e)))?;
+        .map_err(|e| S3Error::Client(describe_chain(&e)))?;
     let connector = SharedHttpConnector::new(ReqwestConnector { client });
     Ok(http_client_fn(move |_settings, _components| {
         connector.clone()
@@ -382,7 +383,7 @@ fn load_ca_dir(dir: &std::path::Path) -> Result<Vec<reqwest::Certificate>, S3Err
         let pem = std::fs::read(&path)
             .map_err(|e| S3Error::Certificates(format!("reading {}: {e}", path.display())))?;
         let found = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            S3Error::Certificates(format!("{}: {}", path.display(), error_chain(&e)))
+            S3Error::Certificates(format!("{}: {}", path.display(), describe_chain(&e)))
         })?;
         if found.is_empty() {
             tracing::warn!(path = %path.display(), "no PEM certificate in file");
@@ -432,21 +433,6 @@ impl HttpConnector for ReqwestConnector {
             Ok(out)
         })
     }
-}
-
-/// Formats an error with its causes.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 struct Head {
@@ -524,10 +510,10 @@ where
                 .unwrap_or_else(|| "(the server gave no message)".into());
             (code, message)
         }
-        SdkError::TimeoutError(_) => ("Timeout".into(), error_chain(error)),
-        SdkError::DispatchFailure(_) => ("ConnectionFailed".into(), error_chain(error)),
-        SdkError::ResponseError(_) => ("InvalidResponse".into(), error_chain(error)),
-        _ => ("RequestFailed".into(), error_chain(error)),
+        SdkError::TimeoutError(_) => ("Timeout".into(), describe_chain(error)),
+        SdkError::DispatchFailure(_) => ("ConnectionFailed".into(), describe_chain(error)),
+        SdkError::ResponseError(_) => ("InvalidResponse".into(), describe_chain(error)),
+        _ => ("RequestFailed".into(), describe_chain(error)),
     };
     S3Error::Request(Box::new(RequestFailure {
         object: location.object(),
@@ -725,7 +711,7 @@ impl Download {
                     }
                 }
                 Some(Err(error)) => {
-                    let text = error_chain(&error);
+                    let text = describe_chain(&error);
                     // An error after the last byte, or a checksum error, is
                     // the SDK's integrity check failing: resuming would skip it.
                     if *offset >= self.size || text.to_ascii_lowercase().contains("checksum") {

@@ -378,3 +378,56 @@ impl FaultProxy {
         )
     }
 }
+
+/// tinyproxy (Debian's `tinyproxy`), a real forward proxy on 127.0.0.1 that
+/// tunnels `CONNECT` for https and logs every request it handles.
+pub struct Tinyproxy {
+    pub server: Server,
+    pub port: u16,
+    /// Its log: a `CONNECT host:port` line for every tunnel.
+    pub log: PathBuf,
+}
+
+impl Tinyproxy {
+    /// Programs the proxy tests need.
+    pub const NEEDS: &'static [&'static str] = &["/usr/bin/tinyproxy"];
+
+    /// Starts tinyproxy in the foreground with its config and log under `work`.
+    pub fn start(work: &Path) -> Tinyproxy {
+        fs::create_dir_all(work).expect("tinyproxy work dir");
+        // A port the kernel just handed out; tinyproxy binds it right after.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = work.join("tinyproxy.log");
+        let config = work.join("tinyproxy.conf");
+        // No ConnectPort line: CONNECT is allowed to any port (the test servers
+        // use high ports).
+        let text = format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{}\"\nLogLevel Connect\n\
+             MaxClients 16\nAllow 127.0.0.1\n",
+            log.display()
+        );
+        fs::write(&config, text).expect("tinyproxy config");
+        let mut server = Server::spawn(
+            "tinyproxy",
+            Path::new("/usr/bin/tinyproxy"),
+            &["-d".as_ref(), "-c".as_ref(), config.as_os_str()],
+            &[],
+            &work.join("tinyproxy.out"),
+        );
+        wait_port(&mut server, port);
+        Tinyproxy { server, port, log }
+    }
+
+    /// `http://127.0.0.1:PORT`, for `https_proxy`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The proxy's log so far.
+    pub fn requests(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
