@@ -27,7 +27,7 @@
 //!   skipping the N bytes already delivered, but only if its validators (ETag,
 //!   Last-Modified, Content-Length) show it is the same object.
 //! - Transient failures (connect errors, drops, 408, 429, 5xx) are retried
-//!   with exponential backoff (0.2 s doubling to 5 s; `Retry-After` seconds
+//!   with exponential backoff (0.2 s doubling to 5 s; `Retry-After` seconds or date
 //!   are honoured up to a minute) within a budget of [`MAX_ATTEMPTS`]
 //!   consecutive failures without progress; the budget resets whenever bytes
 //!   flow. Other 4xx statuses and certificate errors fail at once.
@@ -43,7 +43,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{
@@ -686,14 +686,18 @@ fn validators(headers: &HeaderMap) -> (Option<String>, Option<String>) {
 
 /// `Retry-After` in seconds (the HTTP-date form falls back to the backoff).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    parse_retry_after(headers.get(RETRY_AFTER)?.to_str().ok()?, SystemTime::now())
+}
+
+/// `Retry-After` is either delay-seconds or an HTTP-date (RFC 9110 10.2.3); a
+/// date in the past means "now".
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// `bytes START-END/TOTAL` → (START, TOTAL or None for `*`).
@@ -730,6 +734,21 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        let now = httpdate::parse_http_date("Mon, 30 Nov 2026 12:00:00 GMT").unwrap();
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Mon, 30 Nov 2026 12:00:42 GMT", now),
+            Some(Duration::from_secs(42))
+        );
+        assert_eq!(
+            parse_retry_after("Mon, 30 Nov 2026 11:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
     fn origin_compares_scheme_host_and_port() {
         let u = |s| Url::parse(s).unwrap();
         assert!(same_origin(
@@ -754,14 +773,15 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_reads_seconds_only() {
+    fn retry_after_header_is_read() {
         let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
         h.insert(RETRY_AFTER, HeaderValue::from_static("3"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
         h.insert(
             RETRY_AFTER,
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
-        assert_eq!(retry_after(&h), None);
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
     }
 }
