@@ -40,7 +40,12 @@ impl ChunkStream {
                 let pool = BufferPool::new();
                 loop {
                     match pool.read_chunk(&mut *input, CHUNK_SIZE) {
-                        Ok(chunk) if chunk.is_empty() => break,
+                        Ok(chunk) if chunk.is_empty() => {
+                            // The end marker: without it the consumer takes a
+                            // closed channel for a decoder that died.
+                            let _ = sender.send(Ok(chunk));
+                            break;
+                        }
                         Ok(chunk) => {
                             progress.add_decoded(chunk.len() as u64);
                             if sender.send(Ok(chunk)).is_err() {
@@ -91,9 +96,17 @@ impl ChunkStream {
             None => match &self.receiver {
                 None => None,
                 Some(rx) => match rx.recv() {
+                    Ok(Ok(c)) if c.is_empty() => {
+                        self.receiver = None;
+                        None
+                    }
                     Ok(Ok(c)) => Some(c),
                     Ok(Err(e)) => return Err(e),
-                    Err(_) => None,
+                    Err(_) => {
+                        return Err(io::Error::other(
+                            "the decoding thread stopped before the end of the stream",
+                        ))
+                    }
                 },
             },
         };
@@ -221,5 +234,53 @@ impl BufferPool {
             len: filled,
             give_back: self.give_back.clone(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Yields `good` bytes, then panics as a buggy decoder might.
+    struct PanicsAfter {
+        good: usize,
+    }
+
+    impl Read for PanicsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.good == 0 {
+                panic!("decoder bug (expected by the test)");
+            }
+            let n = buf.len().min(self.good);
+            buf[..n].fill(7);
+            self.good -= n;
+            Ok(n)
+        }
+    }
+
+    fn drain(stream: &mut ChunkStream) -> io::Result<u64> {
+        let mut total = 0;
+        while let Some(c) = stream.next_chunk()? {
+            total += c.len() as u64;
+        }
+        Ok(total)
+    }
+
+    #[test]
+    fn whole_input_arrives_and_end_is_repeatable() {
+        let input = io::Cursor::new(vec![1u8; CHUNK_SIZE * 2 + 5]);
+        let mut stream = ChunkStream::spawn(Box::new(input), Arc::new(Progress::default()));
+        assert_eq!(drain(&mut stream).unwrap(), (CHUNK_SIZE * 2 + 5) as u64);
+        assert!(stream.next_chunk().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_decoder_that_dies_is_an_error_not_an_end() {
+        let input = PanicsAfter {
+            good: CHUNK_SIZE + 10,
+        };
+        let mut stream = ChunkStream::spawn(Box::new(input), Arc::new(Progress::default()));
+        let error = drain(&mut stream).expect_err("a dead decoder must not look like the end");
+        assert!(error.to_string().contains("decoding thread"), "{error}");
     }
 }

@@ -110,6 +110,14 @@ pub enum Qcow2Error {
     /// L1 table inside the header cluster.
     #[error("L1 table offset {0:#x} lies inside the header cluster")]
     L1InHeader(u64),
+    /// A table offset in the header beyond what a qcow2 host offset can be.
+    #[error("{table} offset {offset:#x} is out of range (qcow2 host offsets stop at 2^56)")]
+    TableOffsetOutOfRange {
+        /// Which table.
+        table: &'static str,
+        /// The offset the header gives.
+        offset: u64,
+    },
     /// L1 table overlaps the refcount table.
     #[error("L1 table at {l1:#x} overlaps the refcount table at {refcount:#x}")]
     L1OverlapsRefcountTable {

@@ -13,6 +13,9 @@ pub const V2_HEADER_LEN: usize = 72;
 pub const V3_MIN_HEADER_LEN: u32 = 104;
 /// Largest active L1 table qemu accepts: 32 MiB (4 Mi entries).
 pub const MAX_L1_ENTRIES: u64 = 4 << 20;
+/// Host offsets in qcow2 tables have 56 bits (bits 9..=55 of an L1/L2 entry);
+/// a table the header places beyond that cannot be part of a valid image.
+const MAX_HOST_OFFSET: u64 = 1 << 56;
 /// Largest refcount table qemu accepts.
 const MAX_REFCOUNT_TABLE_BYTES: u64 = 8 << 20;
 /// Most internal snapshots qemu accepts.
@@ -313,8 +316,17 @@ impl Header {
         if refcount_table_bytes > MAX_REFCOUNT_TABLE_BYTES {
             return Err(Qcow2Error::RefcountTableTooLarge(refcount_table_bytes));
         }
-        let l1_end = l1_table_offset.saturating_add(l1_entries_needed * 8);
-        let refcount_end = refcount_table_offset.saturating_add(refcount_table_bytes);
+        for (table, offset, used) in [
+            ("L1 table", l1_table_offset, l1_entries_needed > 0),
+            ("refcount table", refcount_table_offset, true),
+        ] {
+            if used && offset >= MAX_HOST_OFFSET {
+                return Err(Qcow2Error::TableOffsetOutOfRange { table, offset });
+            }
+        }
+        // Both offsets are below 2^56 and both sizes are bounded: no overflow.
+        let l1_end = l1_table_offset + l1_entries_needed * 8;
+        let refcount_end = refcount_table_offset + refcount_table_bytes;
         if l1_entries_needed > 0
             && refcount_table_bytes > 0
             && l1_table_offset < refcount_end

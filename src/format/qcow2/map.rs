@@ -77,34 +77,85 @@ impl MapEntry {
     }
 }
 
-/// Collects map pieces in any order.
-#[derive(Debug, Default)]
+/// Collects map pieces in any order, up to a number of entries fixed when it
+/// is made (a hostile image can describe millions of unmergeable pieces).
+#[derive(Debug)]
 pub struct MapBuilder {
     entries: Vec<MapEntry>,
+    max_entries: usize,
 }
 
 impl MapBuilder {
-    /// Records that `[start, start + length)` holds `mapping`.
-    pub fn record(&mut self, start: u64, length: u64, mapping: Mapping) {
+    /// A builder that holds at most `memory` bytes of entries.
+    pub fn within(memory: u64) -> Self {
+        let per_entry = std::mem::size_of::<MapEntry>() as u64;
+        MapBuilder {
+            entries: Vec::new(),
+            max_entries: (memory / per_entry).max(MIN_MAP_ENTRIES) as usize,
+        }
+    }
+
+    /// Records that `[start, start + length)` holds `mapping`; false when the
+    /// piece would take the map past its size.
+    #[must_use]
+    pub fn record(&mut self, start: u64, length: u64, mapping: Mapping) -> bool {
         let entry = MapEntry::from_mapping(start, length, mapping);
         if let Some(last) = self.entries.last_mut() {
             if last.try_merge(&entry) {
-                return;
+                return true;
             }
+        }
+        if self.entries.len() >= self.max_entries {
+            return false;
         }
         self.entries.push(entry);
+        true
     }
 
-    /// The map in guest order, merged.
+    /// The map in guest order, merged in place.
     pub fn finish(mut self) -> Vec<MapEntry> {
         self.entries.sort_by_key(|e| e.start);
-        let mut merged: Vec<MapEntry> = Vec::with_capacity(self.entries.len());
-        for entry in self.entries {
-            let absorbed = merged.last_mut().is_some_and(|last| last.try_merge(&entry));
-            if !absorbed {
-                merged.push(entry);
+        self.entries.dedup_by(|next, kept| kept.try_merge(next));
+        self.entries
+    }
+}
+
+/// The map may always hold this many entries, whatever the budget.
+const MIN_MAP_ENTRIES: u64 = 65536;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_out_of_order_merge_like_qemu() {
+        let mut map = MapBuilder::within(0);
+        assert!(map.record(4096, 4096, Mapping::Data { host: 12288 }));
+        assert!(map.record(0, 4096, Mapping::Data { host: 8192 }));
+        assert!(map.record(8192, 4096, Mapping::Unallocated { host: None }));
+        let entries = map.finish();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        assert_eq!((entries[0].start, entries[0].length), (0, 8192));
+        assert_eq!(entries[0].offset, Some(8192));
+        assert!(!entries[1].present && entries[1].zero);
+    }
+
+    #[test]
+    fn the_map_stops_at_its_size() {
+        let mut map = MapBuilder::within(0);
+        let mut recorded = 0u64;
+        // Alternating kinds never merge.
+        while recorded < MIN_MAP_ENTRIES + 10 {
+            let mapping = if recorded % 2 == 0 {
+                Mapping::Zero { host: None }
+            } else {
+                Mapping::Unallocated { host: None }
+            };
+            if !map.record(recorded * 512, 512, mapping) {
+                break;
             }
+            recorded += 1;
         }
-        merged
+        assert_eq!(recorded, MIN_MAP_ENTRIES);
     }
 }

@@ -34,6 +34,8 @@ use crate::stream::ChunkStream;
 
 /// Bookkeeping bytes charged to the memory budget per pending want.
 const WANT_COST: u64 = 128;
+/// The largest piece served at once from bytes the stream has passed.
+const PAST_PIECE: u64 = 1 << 20;
 
 /// What a claimed host range is for.
 enum Claim {
@@ -121,7 +123,9 @@ impl<'a> Engine<'a> {
             metadata_complete: false,
             l2_pending: 0,
             l2_offsets: Vec::new(),
-            map: options.collect_map.then(MapBuilder::default),
+            map: options
+                .collect_map
+                .then(|| MapBuilder::within(options.memory_budget)),
             assembling: 0,
             summary,
             header,
@@ -254,23 +258,28 @@ impl<'a> Engine<'a> {
             self.insert_want(start, want);
             return Ok(());
         }
+        // Served in pieces of at most a chunk, so that a long run mapped onto
+        // bytes already passed never needs one buffer of its whole length.
         let past_end = end.min(self.cursor);
-        let past = self
-            .past_bytes(start, past_end)
-            .ok_or_else(|| Qcow2Error::NotRetained {
-                start,
-                end: past_end,
-                what: want.describe(),
-            })??;
-        let complete = self.feed(&mut want, past)?;
-        if complete {
-            self.complete(want)
-        } else if past_end < end {
-            self.insert_want(past_end, want);
-            Ok(())
-        } else {
-            Ok(()) // a data want fully served from the past
+        let mut at = start;
+        while at < past_end {
+            let piece_end = past_end.min(at + PAST_PIECE);
+            let piece =
+                self.past_bytes(at, piece_end)
+                    .ok_or_else(|| Qcow2Error::NotRetained {
+                        start: at,
+                        end: piece_end,
+                        what: want.describe(),
+                    })??;
+            at = piece_end;
+            if self.feed(&mut want, piece)? {
+                return self.complete(want);
+            }
         }
+        if past_end < end {
+            self.insert_want(past_end, want);
+        }
+        Ok(()) // otherwise a data want fully served from the past
     }
 
     fn insert_want(&mut self, start: u64, want: Want) {
@@ -439,9 +448,7 @@ impl<'a> Engine<'a> {
         len: u64,
         mapping: Mapping,
     ) -> Result<(), Qcow2Error> {
-        if let Some(map) = &mut self.map {
-            map.record(guest, len, mapping);
-        }
+        self.record_map(guest, len, mapping)?;
         match mapping {
             Mapping::Data { host } => {
                 self.summary.allocated_bytes += len;
@@ -462,6 +469,7 @@ impl<'a> Engine<'a> {
                 if let Some(done) = runs.take() {
                     self.flush_run(Some(done))?;
                 }
+                self.check_want_count("pending compressed clusters")?;
                 self.add_want(
                     host,
                     host + stored,
@@ -481,21 +489,42 @@ impl<'a> Engine<'a> {
             None => Ok(()),
             Some(Run::Zero { guest, len }) => Ok(self.sink.write(Extent::zero(guest, len))?),
             Some(Run::Data { guest, host, len }) => {
-                if self.wants.len() >= self.max_wants {
-                    return Err(Qcow2Error::MemoryBudget {
-                        budget: self.budget(),
-                        what: "pending data mappings",
-                    });
-                }
+                self.check_want_count("pending data mappings")?;
                 self.add_want(host, host + len, Claim::Data { guest })
             }
         }
     }
 
-    fn zero_run(&mut self, guest: u64, len: u64, mapping: Mapping) -> Result<(), Qcow2Error> {
-        if let Some(map) = &mut self.map {
-            map.record(guest, len, mapping);
+    /// Refuses one more pending want once the budget's count is reached: every
+    /// want costs memory until its bytes arrive, and a hostile L2 table can
+    /// name the same far-away cluster many times.
+    fn check_want_count(&self, what: &'static str) -> Result<(), Qcow2Error> {
+        if self.wants.len() >= self.max_wants {
+            return Err(Qcow2Error::MemoryBudget {
+                budget: self.budget(),
+                what,
+            });
         }
+        Ok(())
+    }
+
+    /// Adds a piece to the allocation map, when one is collected.
+    fn record_map(&mut self, guest: u64, len: u64, mapping: Mapping) -> Result<(), Qcow2Error> {
+        let full = match &mut self.map {
+            Some(map) => !map.record(guest, len, mapping),
+            None => false,
+        };
+        if full {
+            return Err(Qcow2Error::MemoryBudget {
+                budget: self.budget(),
+                what: "the allocation map",
+            });
+        }
+        Ok(())
+    }
+
+    fn zero_run(&mut self, guest: u64, len: u64, mapping: Mapping) -> Result<(), Qcow2Error> {
+        self.record_map(guest, len, mapping)?;
         Ok(self.sink.write(Extent::zero(guest, len))?)
     }
 

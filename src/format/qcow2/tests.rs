@@ -220,3 +220,63 @@ fn without_scratch_space_a_spill_is_refused_as_scratch_required() {
     let err = convert(&tables_at_end().bytes, &options).unwrap_err();
     assert!(matches!(err, Qcow2Error::ScratchRequired { .. }), "{err}");
 }
+
+#[test]
+fn a_long_run_mapped_onto_passed_bytes_is_served_in_pieces() {
+    // 40 contiguous data clusters (2.5 MiB, more than one piece of past
+    // bytes), then the L2 table mapping them, then the L1 table.
+    let mut img = Image::new(64 * CLUSTER, 50, 1, 51);
+    for i in 0..40 {
+        img.fill(2 + i, i as u8 + 1);
+        img.l2(49, i, 2 + i);
+    }
+    img.l1(50, 0, 49);
+    let expected: Vec<u8> = (1..=40).chain([0, 0]).collect();
+    let disk = convert(&img.bytes, &StreamOptions::default()).unwrap();
+    expect_clusters(&disk, &expected);
+    let dir = tempfile::tempdir().unwrap();
+    let spill = StreamOptions {
+        memory_budget: 0,
+        scratch_dir: dir.path().to_path_buf(),
+        spill_allowed: true,
+        collect_map: false,
+    };
+    let disk = convert(&img.bytes, &spill).unwrap();
+    expect_clusters(&disk, &expected);
+}
+
+#[test]
+fn compressed_clusters_pending_beyond_the_budget_are_refused() {
+    // One L2 table whose 8192 entries all name a compressed cluster far past
+    // the end of the file: each is a pending want until its bytes come, so
+    // their number is bounded like any other want (4096 with no budget).
+    let mut img = Image::new(512 << 20, 2, 1, 4);
+    img.l1(2, 0, 3);
+    for i in 0..8192 {
+        img.set_u64(3 * CLUSTER + i * 8, (1 << 62) | (1 << 40));
+    }
+    let options = StreamOptions {
+        memory_budget: 0,
+        ..StreamOptions::default()
+    };
+    match convert(&img.bytes, &options) {
+        Err(Qcow2Error::MemoryBudget { what, .. }) => {
+            assert!(what.contains("compressed"), "{what}")
+        }
+        other => panic!("expected the memory budget to refuse, got {other:?}"),
+    }
+}
+
+#[test]
+fn table_offsets_beyond_2_pow_56_are_refused() {
+    for (field, what) in [(48, "refcount table"), (40, "L1 table")] {
+        let mut img = Image::new(CLUSTER, 2, 1, 3);
+        img.set_u64(field, 0xFFFF_FFFF_FFFF_0000);
+        match convert(&img.bytes, &StreamOptions::default()) {
+            Err(e @ Qcow2Error::TableOffsetOutOfRange { .. }) => {
+                assert!(e.to_string().starts_with(what), "{e}")
+            }
+            other => panic!("expected {what} out of range, got {other:?}"),
+        }
+    }
+}
