@@ -14,5 +14,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut stream = ChunkStream::from_bytes(Bytes::copy_from_slice(data));
     let mut sink = NullSink::default();
-    let _ = convert_stream(&mut stream, &mut sink, &StreamOptions::default());
+    // The allocation map (`info --map`) is collected for half the inputs.
+    let options = StreamOptions {
+        collect_map: data.len() % 2 == 1,
+        ..StreamOptions::default()
+    };
+    let _ = convert_stream(&mut stream, &mut sink, &options);
 });
