@@ -103,6 +103,16 @@ fn expect_clusters(disk: &[u8], expected: &[u8]) {
     }
 }
 
+/// No memory budget: every unclaimed byte goes to a spill file in `dir`.
+fn spill_everything(dir: &std::path::Path) -> StreamOptions {
+    StreamOptions {
+        memory_budget: 0,
+        scratch_dir: dir.to_path_buf(),
+        spill_allowed: true,
+        collect_map: false,
+    }
+}
+
 /// Data first, then its L2 table, then L1 last (as after `qemu-img resize`).
 fn tables_at_end() -> Image {
     let mut img = Image::new(4 * CLUSTER, 9, 1, 10);
@@ -125,12 +135,7 @@ fn tables_after_their_data_convert_from_memory() {
 #[test]
 fn tables_after_their_data_convert_through_the_spill_file() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StreamOptions {
-        memory_budget: 0,
-        scratch_dir: dir.path().to_path_buf(),
-        spill_allowed: true,
-        collect_map: false,
-    };
+    let options = spill_everything(dir.path());
     let disk = convert(&tables_at_end().bytes, &options).unwrap();
     expect_clusters(&disk, &[0xA2, 0xA1, 0, 0xA3]);
 }
@@ -235,13 +240,7 @@ fn a_long_run_mapped_onto_passed_bytes_is_served_in_pieces() {
     let disk = convert(&img.bytes, &StreamOptions::default()).unwrap();
     expect_clusters(&disk, &expected);
     let dir = tempfile::tempdir().unwrap();
-    let spill = StreamOptions {
-        memory_budget: 0,
-        scratch_dir: dir.path().to_path_buf(),
-        spill_allowed: true,
-        collect_map: false,
-    };
-    let disk = convert(&img.bytes, &spill).unwrap();
+    let disk = convert(&img.bytes, &spill_everything(dir.path())).unwrap();
     expect_clusters(&disk, &expected);
 }
 
