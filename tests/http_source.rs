@@ -1,6 +1,7 @@
 //! http(s) source against real servers on 127.0.0.1: nginx (`nginx_start.sh`)
 //! for plain imports, TLS, auth and redirects, and `faulty_http.py` for drops,
-//! 5xx bursts, throttling, missing Range support and wrong lengths. Every
+//! 5xx bursts, throttling, missing Range support and wrong lengths, and a
+//! small server of its own for chunked bodies and capped ranges. Every
 //! import runs the real binary and is compared byte for byte with
 //! `qemu-img convert -O raw` of the same image. Without the servers the tests
 //! are skipped, except under `CI`, where they fail.
@@ -776,4 +777,140 @@ fn object_replaced_between_drop_and_resume_fails() {
     let run = import(&proxy.url("disk.qcow2"), &target, &[]);
     assert!(replacer.join().unwrap(), "no drop: {}", run.describe());
     assert_failed(&run, &target, &["changed"]);
+}
+
+// ---- a server with chunked bodies and capped ranges -------------------------
+//
+// faulty_http.py always sends Content-Length and whole ranges. Some servers
+// and CDNs send neither: a chunked 200 (no length) and 206 answers that cover
+// only part of the range asked for. This one does both, on 127.0.0.1, and
+// drops the first response after `drop_at` bytes.
+
+struct CappedRangeServer {
+    port: u16,
+    /// One line per request: `GET` or `GET bytes=N-`.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CappedRangeServer {
+    fn start(data: Vec<u8>, drop_at: usize, range_cap: usize, etag: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = log.clone();
+        thread::spawn(move || {
+            // Bounded: the server stops after this many requests.
+            for mut conn in listener.incoming().flatten().take(64) {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let request = read_request_head(&mut conn);
+                let range_start = request
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("range: bytes=")
+                            .map(String::from)
+                    })
+                    .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok());
+                let first = seen.lock().unwrap().is_empty();
+                seen.lock().unwrap().push(match range_start {
+                    Some(n) => format!("GET bytes={n}-"),
+                    None => "GET".into(),
+                });
+                let validator = if etag { "ETag: \"v1\"\r\n" } else { "" };
+                match range_start {
+                    None => {
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nAccept-Ranges: bytes\r\n{validator}Connection: close\r\n\r\n"
+                        );
+                        let end = if first { drop_at } else { data.len() };
+                        if end > 0 {
+                            let _ = write!(conn, "{end:x}\r\n");
+                            let _ = conn.write_all(&data[..end]);
+                            let _ = write!(conn, "\r\n");
+                        }
+                        if !first {
+                            let _ = write!(conn, "0\r\n\r\n");
+                        }
+                        // On the first response: closed mid-body, no last chunk.
+                    }
+                    Some(start) => {
+                        let end = data.len().min(start.saturating_add(range_cap));
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{}\r\nContent-Length: {}\r\n{validator}Connection: close\r\n\r\n",
+                            end - 1,
+                            data.len(),
+                            end - start
+                        );
+                        let _ = conn.write_all(&data[start..end]);
+                    }
+                }
+            }
+        });
+        CappedRangeServer { port, log }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/disk.qcow2", self.port)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// Reads a request up to the blank line.
+fn read_request_head(conn: &mut std::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16384 {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[test]
+fn capped_ranges_after_a_chunked_drop_are_resumed_to_the_end() {
+    let Some(_) = require_servers(&["qemu-img", "gzip", "xz"]) else {
+        return;
+    };
+    let images = Images::new();
+    let data = fs::read(images.file("disk.qcow2")).unwrap();
+    let server = CappedRangeServer::start(data.clone(), 300_000, 400_000, true);
+    let target = images.target("capped");
+    let run = import(&server.url(), &target, &[]);
+    assert_imported(&run, &target, &images);
+    // 300 000 bytes from the dropped 200, then 400 000 per range; a last
+    // range at the very end is the probe for bytes beyond it.
+    let starts: Vec<usize> = server
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            r.strip_prefix("GET bytes=")?
+                .trim_end_matches('-')
+                .parse()
+                .ok()
+        })
+        .filter(|start| *start < data.len())
+        .collect();
+    let expected: Vec<usize> = (300_000..data.len()).step_by(400_000).collect();
+    assert_eq!(starts, expected, "requests: {:?}", server.requests());
+}
+
+#[test]
+fn a_drop_before_the_first_byte_is_retried_even_without_validators() {
+    let Some(_) = require_servers(&["qemu-img", "gzip", "xz"]) else {
+        return;
+    };
+    let images = Images::new();
+    let data = fs::read(images.file("disk.qcow2")).unwrap();
+    let server = CappedRangeServer::start(data, 0, usize::MAX, false);
+    let target = images.target("drop-at-0");
+    let run = import(&server.url(), &target, &[]);
+    assert_imported(&run, &target, &images);
+    assert_eq!(server.requests(), ["GET", "GET"]);
 }

@@ -403,7 +403,9 @@ impl Transfer {
             200 => {
                 let (etag, last_modified) = validators(resp.headers());
                 let length = resp.content_length();
-                if !self.started {
+                // Nothing consumed yet (a retry of the first request): this
+                // response is as good as a first one.
+                if !self.started || self.pos == 0 {
                     self.started = true;
                     self.etag = etag;
                     self.last_modified = last_modified;
@@ -463,6 +465,12 @@ impl Transfer {
                             )));
                         }
                     }
+                }
+                // The first response had no length: the range's total now
+                // says where the object ends, so a 206 that covers only part
+                // of the rest is resumed again instead of taken as the end.
+                if self.total.is_none() {
+                    self.total = total;
                 }
                 Ok(resp)
             }
@@ -609,6 +617,15 @@ impl Transfer {
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if self.total == Some(self.pos) => {
+                    // Every byte arrived; only the end of the response broke
+                    // (an HTTP/2 reset, say). Resuming would ask for nothing.
+                    tracing::debug!(error = %describe_chain(&e), "error after the whole body");
+                    self.body = None;
+                    self.finished = true;
+                    self.probe_beyond_end(self.pos)?;
+                    return Ok(0);
+                }
                 Err(e) => {
                     let what = format!("read failed at byte {}: {}", self.pos, describe_chain(&e));
                     self.note_failure(what, None)?;
