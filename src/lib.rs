@@ -16,6 +16,7 @@ pub mod sink;
 pub mod source;
 pub mod status;
 pub mod stream;
+pub mod tar_guard;
 
 pub use error::Error;
 pub use extent::{Extent, ExtentKind};

@@ -3,12 +3,19 @@
 //! trusting the archive: no entry may land outside `/data` (absolute paths,
 //! `..`, and paths through symlinks are refused by the tar crate's
 //! `unpack_in`), device nodes and FIFOs are skipped, ownership is never
-//! changed, and a corrupt or truncated archive is an error.
+//! changed, setuid/setgid/sticky and group/other write bits are dropped,
+//! directory modes are applied last (a read-only directory still gets its
+//! files), entry metadata is bounded (`tar_guard`), and a corrupt or
+//! truncated archive is an error.
 
+use std::fs::Permissions;
 use std::io::Read;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
+
+use crate::tar_guard::{skip_body, HeaderBudget};
 
 /// Why an archive could not be unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -36,42 +43,90 @@ pub struct Unpacked {
     pub skipped: u64,
 }
 
+/// Permission bits never taken from an archive: setuid, setgid, sticky, and
+/// group/other write (what CDI's `tar` under umask 022 leaves out too).
+const MODE_MASK: u32 = 0o7022;
+
 /// Unpacks the tar stream `input` into `dir`.
 pub fn unpack(input: impl Read, dir: &Path) -> Result<Unpacked, ArchiveError> {
-    let mut archive = tar::Archive::new(input);
+    let budget = HeaderBudget::new();
+    let mut archive = tar::Archive::new(budget.guard(input));
     archive.set_preserve_ownerships(false);
     archive.set_preserve_permissions(true);
+    archive.set_mask(MODE_MASK);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
     let mut done = Unpacked::default();
-    for entry in archive.entries().map_err(ArchiveError::Read)? {
+    // Directory modes are applied at the end, deepest first: a read-only
+    // directory must not stop its own files from being written.
+    let mut directory_modes: Vec<(PathBuf, u32)> = Vec::new();
+    let mut entries = archive.entries().map_err(ArchiveError::Read)?;
+    loop {
+        budget.between_entries();
+        let Some(entry) = entries.next() else {
+            break;
+        };
         let mut entry = entry.map_err(ArchiveError::Read)?;
+        budget.inside_entry();
         let path = entry.path_bytes();
         let path = String::from_utf8_lossy(&path).into_owned();
         let kind = entry.header().entry_type();
         if matches!(kind, EntryType::Block | EntryType::Char | EntryType::Fifo) {
             tracing::warn!("skipping device node or FIFO {path:?} in the archive");
             done.skipped += 1;
+            skip_body(&mut entry).map_err(ArchiveError::Read)?;
             continue;
         }
         // false: the entry's path leads outside `dir`; it is skipped.
-        let inside = entry
-            .unpack_in(dir)
-            .map_err(|source| ArchiveError::Unpack {
-                path: path.clone(),
-                source,
-            })?;
-        if inside {
-            done.entries += 1;
-        } else {
+        let unpack_error = |source| ArchiveError::Unpack {
+            path: path.clone(),
+            source,
+        };
+        let inside = entry.unpack_in(dir).map_err(unpack_error)?;
+        skip_body(&mut entry).map_err(ArchiveError::Read)?;
+        if !inside {
             tracing::warn!("skipping {path:?}: it leads outside the target directory");
             done.skipped += 1;
+            continue;
+        }
+        done.entries += 1;
+        if kind == EntryType::Directory {
+            if let Some(on_disk) = directory_on_disk(dir, &entry.path().map_err(unpack_error)?) {
+                let mode = entry.header().mode().map_err(unpack_error)? & 0o777 & !MODE_MASK;
+                std::fs::set_permissions(&on_disk, Permissions::from_mode(mode | 0o700))
+                    .map_err(unpack_error)?;
+                directory_modes.push((on_disk, mode));
+            }
         }
     }
+    for (path, mode) in directory_modes.iter().rev() {
+        std::fs::set_permissions(path, Permissions::from_mode(*mode)).map_err(|source| {
+            ArchiveError::Unpack {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+    }
     // The whole stream must be read: a truncated tar shows only here.
+    budget.inside_entry();
     let mut rest = archive.into_inner();
     std::io::copy(&mut rest, &mut std::io::sink()).map_err(ArchiveError::Read)?;
     Ok(done)
+}
+
+/// Where a directory entry was created under `dir`: its path with the root
+/// and `.` components dropped, if that is a real directory (not a symlink).
+fn directory_on_disk(dir: &Path, entry_path: &Path) -> Option<PathBuf> {
+    let mut on_disk = dir.to_path_buf();
+    for component in entry_path.components() {
+        match component {
+            Component::Normal(part) => on_disk.push(part),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => return None,
+        }
+    }
+    let is_directory = std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir());
+    (is_directory && on_disk != dir).then_some(on_disk)
 }
 
 #[cfg(test)]
@@ -125,5 +180,53 @@ mod tests {
         let bytes = builder.into_inner().unwrap();
         let dir = tempfile::tempdir().unwrap();
         assert!(unpack(&bytes[..3000], dir.path()).is_err());
+    }
+
+    #[test]
+    fn special_mode_bits_are_dropped_and_directory_modes_come_last() {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, kind: EntryType, mode: u32, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_size(data.len() as u64);
+            header.set_mode(mode);
+            builder.append_data(&mut header, name, data).unwrap();
+        };
+        add("ro", EntryType::Directory, 0o555, b"");
+        add("ro/inside.txt", EntryType::Regular, 0o644, b"inside");
+        add("suid", EntryType::Regular, 0o4777, b"#!/bin/sh\n");
+        let tar = builder.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let done = unpack(&tar[..], dir.path()).unwrap();
+        assert_eq!(done.entries, 3);
+        let mode = |p: &str| {
+            std::fs::metadata(dir.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(
+            std::fs::read(dir.path().join("ro/inside.txt")).unwrap(),
+            b"inside"
+        );
+        assert_eq!(mode("ro"), 0o555);
+        assert_eq!(mode("suid"), 0o755);
+    }
+
+    #[test]
+    fn a_checksum_mismatch_is_still_known_after_the_tar_reader() {
+        use crate::source::checksum::{is_checksum_mismatch, Expected, VerifyingReader};
+        let tar = hostile_tar();
+        let wrong = Expected::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let error = unpack(VerifyingReader::new(&tar[..], wrong), dir.path()).unwrap_err();
+        assert!(is_checksum_mismatch(&error), "{error}");
+        // A tar whose own header checksum is wrong says "checksum mismatch"
+        // too, but it is a corrupt archive, not a failed download check.
+        let mut corrupt = tar.clone();
+        corrupt[0] ^= 0x55;
+        let error = unpack(&corrupt[..], dir.path()).unwrap_err();
+        assert!(!is_checksum_mismatch(&error), "{error}");
     }
 }

@@ -19,6 +19,7 @@ use crate::sink::block::BlockSink;
 use crate::sink::file::SparseFileSink;
 use crate::sink::threaded::ThreadedSink;
 use crate::sink::ExtentSink;
+use crate::source::checksum::is_checksum_mismatch;
 
 /// How an import ended, for the termination message and the exit status.
 #[derive(Debug)]
@@ -158,7 +159,7 @@ fn import_disk(
                 return Outcome::Done(TerminationMessage::scratch_required());
             }
             let text = describe_chain(&e);
-            if text.contains("checksum mismatch") {
+            if is_checksum_mismatch(&e) {
                 if let Target::File(path) = target {
                     let _ = std::fs::remove_file(path);
                 }
@@ -203,15 +204,16 @@ fn import_archive(
         }
     };
     progress.set_phase(Phase::Transferring);
+    // Each error as (is it a checksum mismatch, its text).
+    let classify =
+        |e: &(dyn std::error::Error + 'static)| (is_checksum_mismatch(e), describe_chain(e));
     let unpacked = crate::decode::decode_all(input)
-        .map_err(|e| describe_chain(&e))
-        .and_then(|(_, decoded)| {
-            super::archive::unpack(decoded, &data).map_err(|e| describe_chain(&e))
-        });
+        .map_err(|e| classify(&e))
+        .and_then(|(_, decoded)| super::archive::unpack(decoded, &data).map_err(|e| classify(&e)));
     match unpacked {
         Ok(_) => Outcome::Done(TerminationMessage::complete(false)),
-        Err(text) => {
-            if text.contains("checksum mismatch") {
+        Err((mismatch, text)) => {
+            if mismatch {
                 // As CDI does: what was unpacked from a bad download goes.
                 if let Ok(entries) = std::fs::read_dir(&data) {
                     for entry in entries.flatten() {

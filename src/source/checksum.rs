@@ -2,9 +2,12 @@
 //! decompression), checked when the stream ends.
 //!
 //! The check happens when the inner reader first returns EOF: a mismatch is
-//! then an `io::Error` whose message contains `checksum mismatch` and both
-//! digests, so the pipeline fails instead of publishing the target. A stream
-//! that is never read to its end is never declared good.
+//! then an `io::Error` carrying a [`ChecksumMismatch`] (its message contains
+//! `checksum mismatch` and both digests), so the pipeline fails instead of
+//! publishing the target. A stream that is never read to its end is never
+//! declared good. Callers tell a mismatch from other failures by its type
+//! ([`is_checksum_mismatch`]), never by the words of a message, which an
+//! image or a server could choose.
 
 use std::io::{self, Read};
 
@@ -30,6 +33,39 @@ pub enum ChecksumError {
         /// Hex digits given.
         got: usize,
     },
+}
+
+/// The bytes as served do not have the expected digest.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("checksum validation failed: checksum mismatch: expected {algo}:{expected}, calculated {algo}:{calculated}")]
+pub struct ChecksumMismatch {
+    /// The algorithm's name.
+    pub algo: &'static str,
+    /// The expected digest, hex.
+    pub expected: String,
+    /// The digest of the bytes received, hex.
+    pub calculated: String,
+}
+
+/// True when `error` or one of its causes is a [`ChecksumMismatch`],
+/// including one carried inside an `io::Error`.
+pub fn is_checksum_mismatch(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<ChecksumMismatch>() {
+            return true;
+        }
+        if let Some(io_error) = e.downcast_ref::<io::Error>() {
+            if io_error
+                .get_ref()
+                .is_some_and(|inner| is_checksum_mismatch(inner))
+            {
+                return true;
+            }
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// A supported digest algorithm.
@@ -146,6 +182,8 @@ pub struct VerifyingReader<R> {
     hasher: Option<Hasher>,
     /// Set once the digest was checked and matched: later reads return EOF.
     verified: bool,
+    /// Set once the digest was checked and did not match: later reads fail.
+    mismatch: Option<ChecksumMismatch>,
 }
 
 impl<R> VerifyingReader<R> {
@@ -157,6 +195,7 @@ impl<R> VerifyingReader<R> {
             expected,
             hasher,
             verified: false,
+            mismatch: None,
         }
     }
 }
@@ -166,30 +205,29 @@ impl<R: Read> Read for VerifyingReader<R> {
         if self.verified || buf.is_empty() {
             return Ok(0);
         }
+        if let Some(mismatch) = &self.mismatch {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, mismatch.clone()));
+        }
         let n = self.inner.read(buf)?;
         let Some(hasher) = self.hasher.as_mut() else {
-            // A mismatch was already reported; keep failing.
-            return Err(io::Error::other("checksum mismatch (already reported)"));
+            return Ok(0); // unreachable: no hasher means verified or mismatched
         };
         if n > 0 {
             hasher.update(&buf[..n]);
             return Ok(n);
         }
         let got = self.hasher.take().map(Hasher::finish).unwrap_or_default();
-        let name = self.expected.algo.name();
         if got == self.expected.digest {
             self.verified = true;
-            Ok(0)
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "checksum validation failed: checksum mismatch: expected {name}:{}, calculated {name}:{}",
-                    hex::encode(&self.expected.digest),
-                    hex::encode(&got)
-                ),
-            ))
+            return Ok(0);
         }
+        let mismatch = ChecksumMismatch {
+            algo: self.expected.algo.name(),
+            expected: hex::encode(&self.expected.digest),
+            calculated: hex::encode(&got),
+        };
+        self.mismatch = Some(mismatch.clone());
+        Err(io::Error::new(io::ErrorKind::InvalidData, mismatch))
     }
 }
 
@@ -237,6 +275,18 @@ mod tests {
         assert!(msg.contains("checksum mismatch"), "{msg}");
         assert!(msg.contains(SHA256), "{msg}");
         assert!(msg.contains("calculated sha256:"), "{msg}");
+    }
+
+    #[test]
+    fn a_mismatch_is_known_by_its_type_not_its_words() {
+        let err = read_all(&format!("sha256:{SHA256}"), b"hello world!").unwrap_err();
+        assert!(is_checksum_mismatch(&err));
+        // Wrapped again, as a decoder or the pipeline may do.
+        let wrapped = crate::Error::Read(io::Error::new(io::ErrorKind::InvalidData, err));
+        assert!(is_checksum_mismatch(&wrapped));
+        // Words alone (a tar header, a file name, a server's message) are not.
+        let words = io::Error::other("archive header checksum mismatch");
+        assert!(!is_checksum_mismatch(&words));
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::io::{self, Cursor, Read};
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256, Sha512};
 
+use crate::tar_guard::{skip_body, HeaderBudget};
+
 /// Size of the chunks the disk file is handed out in.
 const DISK_CHUNK: usize = 256 * 1024;
 
@@ -287,24 +289,34 @@ fn walk_tar<R: Read>(
         LayerCompression::Zstd => {
             Box::new(zstd::stream::read::Decoder::new(raw).map_err(unreadable)?)
         }
-        LayerCompression::Xz => Box::new(liblzma::read::XzDecoder::new(raw)),
+        LayerCompression::Xz => {
+            // The same hard memory limit as the image decoders.
+            let limit = crate::decode::DecodeOptions::default().xz_memlimit;
+            let stream = liblzma::stream::Stream::new_stream_decoder(limit, 0)
+                .map_err(|e| unreadable(io::Error::other(e)))?;
+            Box::new(liblzma::read::XzDecoder::new_stream(raw, stream))
+        }
         LayerCompression::None => Box::new(raw),
     };
     tracing::debug!(?compression, "walking layer");
-    let mut archive = tar::Archive::new(decoded);
-    let entries = archive.entries().map_err(unreadable)?;
-    for entry in entries {
+    let budget = HeaderBudget::new();
+    let mut archive = tar::Archive::new(budget.guard(decoded));
+    let mut entries = archive.entries().map_err(unreadable)?;
+    loop {
+        budget.between_entries();
+        let Some(entry) = entries.next() else {
+            break;
+        };
         let mut entry = entry.map_err(unreadable)?;
+        budget.inside_entry();
         let entry_type = entry.header().entry_type();
         let is_file = matches!(
             entry_type,
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse
         );
-        if !is_file {
-            continue;
-        }
         let path_bytes = entry.path_bytes().into_owned();
-        if disk_entry_name(&path_bytes).is_none() {
+        if !is_file || disk_entry_name(&path_bytes).is_none() {
+            skip_body(&mut entry).map_err(unreadable)?;
             continue;
         }
         let disk = FoundDisk {
@@ -474,5 +486,28 @@ mod tests {
         );
         let (result, _) = walk(&blob, &digest_of(b"x"), blob.len() as u64);
         assert!(matches!(result, Err(LayerError::Blob(_))), "{result:?}");
+    }
+
+    #[test]
+    fn a_huge_long_name_before_the_disk_is_refused_not_allocated() {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        let name = "x".repeat(3 << 20);
+        builder.append_data(&mut header, name, &b"x"[..]).unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(4);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, "disk/disk.img", &b"disk"[..])
+            .unwrap();
+        let blob = builder.into_inner().unwrap();
+        let (result, out) = walk(&blob, &digest_of(&blob), blob.len() as u64);
+        match result {
+            Err(LayerError::Unreadable(e)) => assert!(e.to_string().contains("metadata"), "{e}"),
+            other => panic!("expected the layer refused as unreadable, got {other:?}"),
+        }
+        assert!(out.is_empty());
     }
 }
