@@ -201,3 +201,28 @@ fn an_image_larger_than_the_device_is_refused_before_writing() {
         "the device changed"
     );
 }
+
+#[test]
+fn a_compressed_raw_stream_larger_than_the_device_fails_as_too_small() {
+    let Some(dev) = LoopDevice::new(8 << 20, 4096) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // 12 MiB of raw data, gzip-compressed: its size is known only at the end.
+    let raw: Vec<u8> = (0..12u32 << 20).map(|i| (i % 251) as u8 | 1).collect();
+    let image = dir.path().join("big.raw.gz");
+    let mut encoder = flate2::write::GzEncoder::new(
+        std::fs::File::create(&image).unwrap(),
+        flate2::Compression::fast(),
+    );
+    std::io::Write::write_all(&mut encoder, &raw).unwrap();
+    encoder.finish().unwrap();
+    let run = convert(&image, &dev.device, &[]);
+    assert!(!run.ok(), "12 MiB must not fit an 8 MiB device");
+    assert!(
+        run.stderr
+            .contains("is larger than the reported available storage"),
+        "CDI's too-small wording expected: {}",
+        run.describe()
+    );
+}

@@ -166,6 +166,32 @@ fn http_import_to_a_filesystem_volume_matches_qemu_img_and_fills_the_volume() {
 }
 
 #[test]
+fn leftovers_of_a_killed_attempt_are_cleared_before_sizing() {
+    let Some(served) = serve_image() else { return };
+    let root = Root::new();
+    // A killed attempt: its disk (sparse, far larger than the volume) and the
+    // temporary file it was writing.
+    fs::File::create(root.disk())
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let stale = root.disk().with_file_name(".diskimport-Ab12Cd.partial");
+    fs::write(&stale, vec![9u8; 1 << 20]).unwrap();
+    let url = format!("{}disk.qcow2", served.base);
+    let (code, stderr) = root.import(&[
+        ("IMPORTER_ENDPOINT", &url),
+        ("IMPORTER_IMAGE_SIZE", "64Mi"),
+        ("FILESYSTEM_OVERHEAD", "0"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(root.termination(), SUCCESS);
+    assert!(!stale.exists(), "the stale temporary file must go");
+    assert_eq!(fs::metadata(root.disk()).unwrap().len(), 64 << 20);
+    let oracle_len = fs::metadata(&served.oracle).unwrap().len();
+    compare_prefix(&root.disk(), &served.oracle, oracle_len).unwrap();
+}
+
+#[test]
 fn a_checksum_mismatch_exits_0_with_the_fatal_message_and_removes_the_disk() {
     let Some(served) = serve_image() else { return };
     let root = Root::new();

@@ -234,7 +234,10 @@ fn import_archive(
 
 /// The space a Filesystem volume offers for the image, and the size to grow
 /// the disk to (CDI's resize rule), from the free space of `/data`.
+/// The space is measured after [`clear_previous_attempt`], so an earlier
+/// attempt's disk never makes the volume look smaller than it is.
 fn file_space(path: &Path, request: &ImportRequest) -> Result<(u64, Option<u64>), String> {
+    clear_previous_attempt(path);
     let dir = path.parent().unwrap_or(Path::new("."));
     let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| {
         format!(
@@ -243,14 +246,46 @@ fn file_space(path: &Path, request: &ImportRequest) -> Result<(u64, Option<u64>)
         )
     })?;
     let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-    // An earlier attempt's partial file is replaced, so its space counts as free.
-    let previous = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let free = free.saturating_add(previous);
     let available = request.image_size.map_or(free, |r| r.min(free));
     let resize_to = request
         .image_size
         .map(|requested| usable_size(free, Some(requested), request.filesystem_overhead));
     Ok((available, resize_to))
+}
+
+/// Removes what an earlier attempt left: its disk (CDI deletes the target
+/// before converting too) and the temporary files of an attempt that was
+/// killed before it could clean up. Both would hold space the new disk needs.
+fn clear_previous_attempt(path: &Path) {
+    let is_file = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+    if is_file(path) {
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed the disk of an earlier attempt")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the earlier disk")
+            }
+        }
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if is_partial_disk(&name) && is_file(&entry.path()) {
+            let _ = std::fs::remove_file(entry.path());
+            tracing::info!(file = %name, "removed a temporary file of an earlier attempt");
+        }
+    }
+}
+
+/// The name pattern of the file sink's temporary files.
+fn is_partial_disk(name: &str) -> bool {
+    name.starts_with(crate::sink::file::TEMP_PREFIX)
+        && name.ends_with(crate::sink::file::TEMP_SUFFIX)
 }
 
 /// Grows the finished disk to `size` and preallocates it when asked.

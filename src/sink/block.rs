@@ -197,11 +197,16 @@ impl ExtentSink for BlockSink {
     fn write(&mut self, extent: Extent) -> Result<(), SinkError> {
         let limit = self.size.unwrap_or(self.device_size);
         let len = extent.len();
-        if extent
-            .guest_offset
-            .checked_add(len)
-            .is_none_or(|end| end > limit)
-        {
+        let end = extent.guest_offset.checked_add(len);
+        if end.is_none_or(|end| end > limit) {
+            if let (None, Some(end)) = (self.size, end) {
+                // A stream of unknown length outgrew the device: the image
+                // is too big for the volume, as CDI's controller should hear.
+                return Err(SinkError::TargetTooSmall {
+                    needed: end,
+                    available: self.device_size,
+                });
+            }
             return Err(SinkError::OutOfRange {
                 offset: extent.guest_offset,
                 len,

@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
 
+/// Name prefix of the temporary file a disk is written to before the rename.
+pub const TEMP_PREFIX: &str = ".diskimport-";
+/// Name suffix of that temporary file.
+pub const TEMP_SUFFIX: &str = ".partial";
+
 use super::zero_detect::for_each_nonzero_run;
 use super::{ExtentSink, SinkError, SinkSummary};
 use crate::extent::{Extent, ExtentKind};
@@ -56,8 +61,8 @@ impl SparseFileSink {
             _ => PathBuf::from("."),
         };
         let temp = tempfile::Builder::new()
-            .prefix(".diskimport-")
-            .suffix(".partial")
+            .prefix(TEMP_PREFIX)
+            .suffix(TEMP_SUFFIX)
             .tempfile_in(&dir)
             .map_err(|e| io_error("creating a temporary file in", &dir, e))?;
         Ok(SparseFileSink {
@@ -189,11 +194,14 @@ impl ExtentSink for SparseFileSink {
             .map_err(|e| io_error("syncing", &self.target, e))?;
         temp.persist(&self.target)
             .map_err(|e| io_error("renaming the finished file to", &self.target, e.error))?;
-        if let Some(dir) = self.target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_error("syncing the directory of", &self.target, e))?;
-        }
+        // The rename is durable once the directory is (`.` for a bare name).
+        let dir = match self.target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error("syncing the directory of", &self.target, e))?;
         Ok(self.summary)
     }
 }
