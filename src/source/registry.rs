@@ -33,6 +33,7 @@ use oci_client::{Client, Reference};
 use serde::Deserialize;
 
 use super::SourceOptions;
+use crate::error::describe_chain;
 use crate::progress::Progress;
 
 #[path = "registry_layer.rs"]
@@ -278,8 +279,26 @@ fn load_certificates(dir: &Path) -> Result<Vec<Certificate>, RegistryError> {
         if certificates.len() == before {
             return Err(bad(&path, "no PEM certificate in the file".into()));
         }
+        check_usable(&certificates[before..]).map_err(|reason| bad(&path, reason))?;
     }
     Ok(certificates)
+}
+
+/// Builds an HTTP client with `certificates` as extra roots, as oci-client
+/// will: a certificate rustls cannot use must fail here, by name, because
+/// oci-client answers a failed build by silently using a default client
+/// (without our CAs, `--insecure` or timeouts).
+fn check_usable(certificates: &[Certificate]) -> Result<(), String> {
+    let mut builder = reqwest::Client::builder();
+    for certificate in certificates {
+        let parsed = reqwest::Certificate::from_pem(&certificate.data)
+            .map_err(|e| format!("not a PEM certificate: {}", describe_chain(&e)))?;
+        builder = builder.add_root_certificate(parsed);
+    }
+    builder
+        .build()
+        .map(drop)
+        .map_err(|e| format!("not a usable CA certificate: {}", describe_chain(&e)))
 }
 
 /// The consumer's end: disk bytes in order, then a verified end.
@@ -820,13 +839,27 @@ mod tests {
     #[test]
     fn ca_dir_takes_crt_and_pem_bundles_only() {
         let dir = tempfile::tempdir().unwrap();
-        let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        std::fs::write(dir.path().join("a.crt"), cert).unwrap();
-        std::fs::write(dir.path().join("b.pem"), format!("{cert}{cert}")).unwrap();
+        let make = || {
+            rcgen::generate_simple_self_signed(vec!["localhost".into()])
+                .unwrap()
+                .cert
+                .pem()
+        };
+        std::fs::write(dir.path().join("a.crt"), make()).unwrap();
+        std::fs::write(dir.path().join("b.pem"), format!("{}{}", make(), make())).unwrap();
         std::fs::write(dir.path().join("c.key"), "not a cert").unwrap();
         std::fs::write(dir.path().join(".hidden.crt"), "junk").unwrap();
         assert_eq!(load_certificates(dir.path()).unwrap().len(), 3);
         std::fs::write(dir.path().join("d.crt"), "junk").unwrap();
         assert!(load_certificates(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_certificate_rustls_cannot_use_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        std::fs::write(dir.path().join("broken.crt"), garbage).unwrap();
+        let error = load_certificates(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("broken.crt"), "{error}");
     }
 }
