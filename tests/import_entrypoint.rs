@@ -192,6 +192,39 @@ fn leftovers_of_a_killed_attempt_are_cleared_before_sizing() {
 }
 
 #[test]
+fn node_pull_waits_for_the_ready_file_fetches_the_named_file_and_signals_done() {
+    let Some(served) = serve_image() else { return };
+    let root = Root::new();
+    let shared = root.path().join("shared");
+    fs::create_dir_all(&shared).unwrap();
+    // The sidecar comes up a little after the importer.
+    let ready = shared.join("ready");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        fs::write(ready, "disk.qcow2").unwrap();
+    });
+    // The controller's endpoint names disk.img; the ready file says which
+    // file the sidecar really serves.
+    let url = format!("{}disk.img", served.base);
+    let (code, stderr) = root.import(&[
+        ("IMPORTER_SOURCE", "http"),
+        ("IMPORTER_ENDPOINT", &url),
+        ("IMPORTER_PULL_METHOD", "node"),
+        ("IMPORTER_READY_FILE", "/shared/ready"),
+        ("IMPORTER_DONE_FILE", "/shared/done"),
+    ]);
+    writer.join().unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(root.termination(), SUCCESS);
+    let oracle_len = fs::metadata(&served.oracle).unwrap().len();
+    compare_prefix(&root.disk(), &served.oracle, oracle_len).unwrap();
+    assert!(
+        shared.join("done").exists(),
+        "the sidecar must be told to exit"
+    );
+}
+
+#[test]
 fn a_checksum_mismatch_exits_0_with_the_fatal_message_and_removes_the_disk() {
     let Some(served) = serve_image() else { return };
     let root = Root::new();

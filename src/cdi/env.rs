@@ -38,7 +38,7 @@ pub enum CdiError {
     #[error("Unknown data source: {0}")]
     UnknownSource(String),
     /// A source CDI knows but this importer does not implement.
-    #[error("data source {0} is not supported by diskimport")]
+    #[error("Unable to connect to {0} data source: not supported by diskimport")]
     UnsupportedSource(String),
     /// Unknown `IMPORTER_CONTENTTYPE`.
     #[error("unknown content type {0:?} (expected kubevirt or archive)")]
@@ -89,6 +89,9 @@ pub struct ImportRequest {
     pub direct_io: bool,
     /// How to reach the source.
     pub source_options: SourceOptions,
+    /// The node-pull sidecar's handshake files (`IMPORTER_READY_FILE`,
+    /// `IMPORTER_DONE_FILE`), when set.
+    pub node_pull: super::node_pull::NodePull,
 }
 
 /// Reads the request from `env` (in environment order) with CDI's mount
@@ -176,6 +179,11 @@ pub fn parse(env: &[(String, String)], root: &Path) -> Result<ImportRequest, Cdi
             endpoint: None,
             region: None,
         },
+        node_pull: super::node_pull::from_env(
+            &get("IMPORTER_READY_FILE"),
+            &get("IMPORTER_DONE_FILE"),
+            root,
+        ),
         endpoint,
     })
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::env::{parse, CdiSource, ContentType, ImportRequest};
+use super::node_pull::READY_TIMEOUT;
 use super::sizing::{final_disk_size, usable_size};
 use super::termination::TerminationMessage;
 use crate::error::describe_chain;
@@ -52,13 +53,26 @@ struct FileTarget {
 
 /// Runs one import with the process environment `env` under `root`.
 pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>) -> Outcome {
-    let request = match parse(env, root) {
+    let mut request = match parse(env, root) {
         Ok(r) => r,
         Err(e) => {
             progress.fail(&e.to_string());
             return Outcome::Failed(e.to_string());
         }
     };
+    if request.source != CdiSource::Blank {
+        // Node pull: the sidecar says which file it serves.
+        match request
+            .node_pull
+            .wait_ready(&request.endpoint, READY_TIMEOUT, &progress)
+        {
+            Ok(endpoint) => request.endpoint = endpoint,
+            Err(text) => {
+                progress.fail(&text);
+                return Outcome::Failed(text);
+            }
+        }
+    }
     let block = root.join("dev/cdi-block-volume");
     let target = if block.exists() {
         Target::Block(block)
@@ -95,7 +109,11 @@ pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>
         Outcome::Failed(text) => progress.fail(text),
         Outcome::Done(message) => match &message.message {
             Some(text) if text.contains("checksum mismatch") => progress.fail(text),
-            _ => progress.set_phase(Phase::Succeeded),
+            _ if message.scratch_space_required == Some(true) => {}
+            _ => {
+                request.node_pull.signal_done();
+                progress.set_phase(Phase::Succeeded);
+            }
         },
     }
     outcome
@@ -320,8 +338,13 @@ fn blank(request: &ImportRequest, target: &Target) -> Outcome {
                 .and_then(|_| finish_file(path, size, request.preallocation));
             match created {
                 Ok(()) => Outcome::Done(TerminationMessage::blank_created(request.preallocation)),
-                Err(e) => Outcome::Failed(format!("Unable to process data: {e}")),
+                Err(e) => Outcome::Failed(format!("Unable to create blank image: {e}")),
             }
+        }
+        // As CDI: a blank Block volume is the empty PVC itself; only
+        // preallocation writes to it (zeroes over the whole device).
+        Target::Block(_) if !request.preallocation => {
+            Outcome::Done(TerminationMessage::blank_created(false))
         }
         Target::Block(device) => {
             let zeroed = BlockSink::open(device).and_then(|mut sink| {
@@ -331,7 +354,10 @@ fn blank(request: &ImportRequest, target: &Target) -> Outcome {
             });
             match zeroed {
                 Ok(_) => Outcome::Done(TerminationMessage::blank_created(true)),
-                Err(e) => Outcome::processing_failed(&e),
+                Err(e) => Outcome::Failed(format!(
+                    "Unable to create blank image: {}",
+                    describe_chain(&e)
+                )),
             }
         }
     }
