@@ -47,9 +47,23 @@ pub struct Progress {
     cancelled: Arc<AtomicBool>,
     phase: AtomicU8,
     error: Mutex<Option<String>>,
+    /// The `KEY=value` environment the image declares (a containerDisk's
+    /// config, or the node-pull sidecar's `/info`), for CDI's PVC labels.
+    image_env: Mutex<Vec<String>>,
 }
 
 impl Progress {
+    /// Records the environment the image declares.
+    pub fn set_image_env(&self, env: Vec<String>) {
+        *self.image_env.lock().unwrap_or_else(|e| e.into_inner()) = env;
+    }
+    /// The environment the image declares (empty when none was seen).
+    pub fn image_env(&self) -> Vec<String> {
+        self.image_env
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
     /// Bytes read from the source so far (as stored: still compressed).
     pub fn source_read(&self) -> u64 {
         self.source_read.load(Ordering::Relaxed)

@@ -88,6 +88,8 @@ struct Served {
     _nginx: Nginx,
     base: String,
     oracle: PathBuf,
+    /// nginx's document root.
+    www: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -131,6 +133,7 @@ fn serve_image() -> Option<Served> {
         _nginx: nginx,
         base,
         oracle,
+        www,
         _dir: dir,
     })
 }
@@ -197,6 +200,12 @@ fn node_pull_waits_for_the_ready_file_fetches_the_named_file_and_signals_done() 
     let root = Root::new();
     let shared = root.path().join("shared");
     fs::create_dir_all(&shared).unwrap();
+    // The sidecar's /info: the image's environment, for the PVC labels.
+    fs::write(
+        served.www.join("info"),
+        r#"{"env":["PATH=/bin","INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE=fedora"]}"#,
+    )
+    .unwrap();
     // The sidecar comes up a little after the importer.
     let ready = shared.join("ready");
     let writer = std::thread::spawn(move || {
@@ -215,7 +224,10 @@ fn node_pull_waits_for_the_ready_file_fetches_the_named_file_and_signals_done() 
     ]);
     writer.join().unwrap();
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(root.termination(), SUCCESS);
+    assert_eq!(
+        root.termination(),
+        r#"{"scratchSpaceRequired":false,"preallocationApplied":false,"labels":{"instancetype.kubevirt.io/default-preference":"fedora"},"message":"Import Complete"}"#
+    );
     let oracle_len = fs::metadata(&served.oracle).unwrap().len();
     compare_prefix(&root.disk(), &served.oracle, oracle_len).unwrap();
     assert!(

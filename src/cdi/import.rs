@@ -66,7 +66,12 @@ pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>
             .node_pull
             .wait_ready(&request.endpoint, READY_TIMEOUT, &progress)
         {
-            Ok(endpoint) => request.endpoint = endpoint,
+            Ok(endpoint) => {
+                if request.node_pull.ready_file.is_some() {
+                    progress.set_image_env(super::node_pull::sidecar_env(&endpoint));
+                }
+                request.endpoint = endpoint
+            }
             Err(text) => {
                 progress.fail(&text);
                 return Outcome::Failed(text);
@@ -116,7 +121,22 @@ pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>
             }
         },
     }
-    outcome
+    with_image_labels(outcome, &progress)
+}
+
+/// A completed import carries the labels its image declares (a containerDisk's
+/// config, or the node-pull sidecar); nothing else does.
+fn with_image_labels(outcome: Outcome, progress: &Progress) -> Outcome {
+    match outcome {
+        Outcome::Done(mut message)
+            if message.message.as_deref() == Some("Import Complete")
+                && message.scratch_space_required != Some(true) =>
+        {
+            message.labels = super::labels::labels_from_env(&progress.image_env());
+            Outcome::Done(message)
+        }
+        other => other,
+    }
 }
 
 fn import_disk(

@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod env;
 pub mod import;
+pub mod labels;
 pub mod node_pull;
 pub mod quantity;
 pub mod sizing;

@@ -4,7 +4,8 @@
 //! exits once the importer creates a done file. The importer waits at most a
 //! minute for the ready file (`Timeout waiting for file <f>` otherwise), takes
 //! the file name from it in place of the endpoint's `disk.img`, and creates
-//! the done file (exclusively) after a successful import.
+//! the done file (exclusively) after a successful import. The sidecar's
+//! `/info` gives the image's environment, for the PVC labels.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -70,6 +71,36 @@ impl NodePull {
             .open(path);
         if let Err(e) = created {
             tracing::error!(file = %path.display(), error = %e, "cannot create the done file");
+        }
+    }
+}
+
+/// The environment the sidecar reports on `/info` of the endpoint's server
+/// (`{"env": ["KEY=value", …]}`), or nothing if it reports none: labels are
+/// a courtesy, never a reason to fail the import.
+pub fn sidecar_env(endpoint: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        #[serde(default)]
+        env: Vec<String>,
+    }
+    let Ok(mut url) = url::Url::parse(endpoint) else {
+        return Vec::new();
+    };
+    url.set_path("/info");
+    url.set_query(None);
+    let fetched = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .and_then(|client| client.get(url.clone()).send())
+        .and_then(|response| response.error_for_status())
+        .and_then(|response| response.json::<Info>());
+    match fetched {
+        Ok(info) => info.env,
+        Err(e) => {
+            tracing::warn!(%url, error = %e, "no image labels from the sidecar");
+            Vec::new()
         }
     }
 }

@@ -64,9 +64,29 @@ impl TerminationMessage {
         }
     }
 
-    /// The one-line JSON the controller parses.
+    /// The one-line JSON the controller parses, within the kubelet's
+    /// [`MAX_LEN`] bytes: labels (which an image chooses) are dropped, longest
+    /// first, until it fits.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("termination message serializes")
+        let mut message = self.clone();
+        loop {
+            let json = serde_json::to_string(&message).expect("termination message serializes");
+            if json.len() <= MAX_LEN {
+                return json;
+            }
+            let longest = message
+                .labels
+                .iter()
+                .max_by_key(|(k, v)| k.len() + v.len())
+                .map(|(k, _)| k.clone());
+            match longest {
+                Some(key) => {
+                    tracing::warn!(label = %key, "label left out: the termination message is limited to {MAX_LEN} bytes");
+                    message.labels.remove(&key);
+                }
+                None => return json,
+            }
+        }
     }
 }
 
@@ -94,6 +114,28 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_written_and_trimmed_to_the_kubelet_limit() {
+        let mut message = TerminationMessage::complete(false);
+        message.labels.insert(
+            "instancetype.kubevirt.io/default-preference".into(),
+            "fedora".into(),
+        );
+        assert_eq!(
+            message.to_json(),
+            r#"{"scratchSpaceRequired":false,"preallocationApplied":false,"labels":{"instancetype.kubevirt.io/default-preference":"fedora"},"message":"Import Complete"}"#
+        );
+        message
+            .labels
+            .insert("huge.kubevirt.io/x".into(), "v".repeat(5000));
+        let json = message.to_json();
+        assert!(json.len() <= MAX_LEN);
+        assert!(
+            json.contains("default-preference") && !json.contains("huge"),
+            "{json}"
+        );
+    }
 
     #[test]
     fn success_and_scratch_messages_match_cdi_byte_for_byte() {

@@ -404,6 +404,9 @@ struct ConfigDoc {
 struct ConfigInner {
     #[serde(rename = "Labels", default)]
     labels: Option<std::collections::BTreeMap<String, String>>,
+    /// `KEY=value` lines; CDI turns `*KUBEVIRT_IO_*` ones into PVC labels.
+    #[serde(rename = "Env", default)]
+    env: Option<Vec<String>>,
 }
 
 /// A resolved image: its layers, base first.
@@ -714,7 +717,9 @@ impl Job {
                 }
             }
         }
-        let labels = config.config.and_then(|c| c.labels).unwrap_or_default();
+        let inner = config.config.unwrap_or_default();
+        self.progress.set_image_env(inner.env.unwrap_or_default());
+        let labels = inner.labels.unwrap_or_default();
         for key in ["containers.bootc", "ostree.bootable"] {
             if labels.get(key).is_some_and(|v| v == "1" || v == "true") {
                 return Err(RegistryError::Bootc {
