@@ -877,3 +877,90 @@ fn first_layer_with_a_disk_wins_as_in_cdi() {
     let out = convert(&registry.image("cd/stacked:v1"), &target, &["--insecure"]);
     assert_imported(&out, &target, &expected);
 }
+
+/// Sets `Env` in the image config of `layout:tag`, rewriting the config and
+/// manifest blobs and the index entry (their digests change).
+fn set_config_env(layout: &Path, tag: &str, env: &[&str]) {
+    let blob = |digest: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let put = |body: Vec<u8>| -> (String, usize) {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        std::fs::write(blob(&digest), &body).unwrap();
+        (digest, body.len())
+    };
+    let index_path = layout.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    let mut manifest: Value =
+        serde_json::from_slice(&std::fs::read(blob(entry["digest"].as_str().unwrap())).unwrap())
+            .unwrap();
+    let mut config: Value = serde_json::from_slice(
+        &std::fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    if !config["config"].is_object() {
+        config["config"] = json!({});
+    }
+    config["config"]["Env"] = json!(env);
+    let (digest, size) = put(serde_json::to_vec(&config).unwrap());
+    manifest["config"]["digest"] = json!(digest);
+    manifest["config"]["size"] = json!(size);
+    let (digest, size) = put(serde_json::to_vec(&manifest).unwrap());
+    entry["digest"] = json!(digest);
+    entry["size"] = json!(size);
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn import_puts_the_images_kubevirt_io_env_into_the_termination_labels() {
+    if !tools_present() {
+        return;
+    }
+    let fx = Fixture::new();
+    let qcow2 = fx.qcow2_of(&fx.raw_disk("raw.img", 3), "disk.qcow2");
+    let expected = fx.reference_raw(&qcow2, "ref.raw");
+    fx.containerdisk(&qcow2, "layout", "v1", &[]);
+    set_config_env(
+        &fx.path("layout"),
+        "v1",
+        &[
+            "PATH=/usr/bin",
+            "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE=fedora",
+            "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.small",
+        ],
+    );
+    let registry = Registry::start(&fx.path("reg"), false, false);
+    registry.push(&fx.path("layout"), "v1", "containerdisks/labelled:v1", &[]);
+    let root = fx.path("root");
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    let out = run(Command::new(BIN)
+        .args(["import", "--status-port", "0", "--root"])
+        .arg(&root)
+        .env("IMPORTER_SOURCE", "registry")
+        .env(
+            "IMPORTER_ENDPOINT",
+            registry.image("containerdisks/labelled:v1"),
+        )
+        .env("INSECURE_TLS", "true"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let message = std::fs::read_to_string(root.join("dev/termination-log")).unwrap();
+    assert_eq!(
+        message,
+        r#"{"scratchSpaceRequired":false,"preallocationApplied":false,"labels":{"instancetype.kubevirt.io/default-instancetype":"u1.small","instancetype.kubevirt.io/default-preference":"fedora"},"message":"Import Complete"}"#
+    );
+    let disk = std::fs::read(root.join("data/disk.img")).unwrap();
+    assert!(disk.starts_with(&expected), "disk differs from qemu-img's");
+}
