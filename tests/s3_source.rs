@@ -602,7 +602,7 @@ fn stream_reset_on_every_connection_is_resumed_to_identical_output() {
 
 /// A fake S3 endpoint (no auth) whose HEAD reports 1000 bytes but whose GETs
 /// end, cleanly (close-delimited, no Content-Length), after 100 bytes.
-fn short_body_server() -> u16 {
+fn short_body_server(etag: bool) -> u16 {
     use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -623,8 +623,11 @@ fn short_body_server() -> u16 {
                     Ok(_) => {}
                 }
             }
-            let head = "HTTP/1.1 200 OK\r\nETag: \"e1\"\r\nContent-Type: \
-                        application/octet-stream\r\nConnection: close\r\n";
+            let validator = if etag { "ETag: \"e1\"\r\n" } else { "" };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\n{validator}Content-Type: application/octet-stream\r\n\
+                 Connection: close\r\n"
+            );
             let _ = if request_line.starts_with("HEAD") {
                 write!(stream, "{head}Content-Length: 1000\r\n\r\n")
             } else {
@@ -637,9 +640,28 @@ fn short_body_server() -> u16 {
 }
 
 #[test]
+fn a_drop_is_not_resumed_without_etag_or_last_modified() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = short_body_server(false);
+    let target = dir.path().join("out.raw");
+    let result = import(
+        &format!("http://127.0.0.1:{port}/{BUCKET}/short.raw"),
+        &target,
+        &["--source-kind", "s3"],
+    );
+    assert!(!result.ok(), "{}", result.describe());
+    assert!(
+        result.stderr.contains("cannot be resumed") && result.stderr.contains("ETag"),
+        "the refusal must say why: {}",
+        result.describe()
+    );
+    assert!(!target.exists());
+}
+
+#[test]
 fn body_ending_short_of_object_size_fails_instead_of_succeeding() {
     let dir = tempfile::tempdir().unwrap();
-    let port = short_body_server();
+    let port = short_body_server(true);
     let target = dir.path().join("out.raw");
     let started = Instant::now();
     let result = import(

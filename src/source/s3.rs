@@ -183,6 +183,7 @@ pub fn open(
                     location,
                     size: head.size,
                     etag: head.etag,
+                    last_modified: head.last_modified,
                     tx,
                 };
                 download.run().await;
@@ -438,6 +439,7 @@ impl HttpConnector for ReqwestConnector {
 struct Head {
     size: u64,
     etag: Option<String>,
+    last_modified: Option<aws_sdk_s3::primitives::DateTime>,
 }
 
 /// HeadObject; when it fails, a one-byte GetObject names the S3 error code
@@ -465,6 +467,7 @@ async fn head(client: &aws_sdk_s3::Client, location: &Location) -> Result<Head, 
             Ok(Head {
                 size,
                 etag: out.e_tag().map(str::to_string),
+                last_modified: out.last_modified().copied(),
             })
         }
         Err(head_error) => {
@@ -555,6 +558,8 @@ struct Download {
     location: Location,
     size: u64,
     etag: Option<String>,
+    /// HeadObject's Last-Modified: the identity check when there is no ETag.
+    last_modified: Option<aws_sdk_s3::primitives::DateTime>,
     tx: mpsc::Sender<io::Result<Bytes>>,
 }
 
@@ -630,6 +635,14 @@ impl Download {
             .bucket(&self.location.bucket)
             .key(&self.location.key);
         if *offset > 0 {
+            if self.etag.is_none() && self.last_modified.is_none() {
+                // Nothing would tell a replaced object from the same one.
+                return Attempt::Fatal(io::Error::other(format!(
+                    "{object}: the download broke at byte {offset} and cannot be resumed: the \
+                     server gives neither an ETag nor a Last-Modified date to show the object \
+                     is unchanged"
+                )));
+            }
             request = request.range(format!("bytes={offset}-"));
         }
         if let Some(etag) = &self.etag {
@@ -672,18 +685,51 @@ impl Download {
                 )));
             }
         }
+        if let (Some(expected), Some(got)) = (&self.last_modified, output.last_modified()) {
+            if expected != got {
+                return Attempt::Fatal(io::Error::other(format!(
+                    "{object}: the object changed during the download (Last-Modified {expected} \
+                     at HeadObject, {got} at byte {offset})"
+                )));
+            }
+        }
         // A server that ignored the Range header sends the whole object again:
         // skip what was already delivered.
         let mut skip = 0u64;
         if *offset > 0 {
-            match output.content_range().and_then(range_start) {
-                Some(start) if start == *offset => {}
-                Some(start) => {
+            let range = output.content_range();
+            if let Some(total) = range.and_then(range_total) {
+                if total != self.size {
+                    return Attempt::Fatal(io::Error::other(format!(
+                        "{object}: the object changed during the download (it had {} bytes, \
+                         now {total})",
+                        self.size
+                    )));
+                }
+            }
+            let length = output.content_length().and_then(|n| u64::try_from(n).ok());
+            match (range.and_then(range_start), length) {
+                (Some(start), _) if start == *offset => {}
+                (Some(start), _) => {
                     return Attempt::Fatal(io::Error::other(format!(
                         "{object}: asked for bytes from {offset}, the server sent from {start}"
                     )))
                 }
-                None => skip = *offset,
+                // No Content-Range (a proxy may drop it): the length says
+                // whether the body is the rest or the whole object.
+                (None, Some(n)) if n == self.size - *offset => {}
+                // Without either, a body without a range is the whole object
+                // (a 206 must say its range).
+                (None, Some(n)) if n == self.size => skip = *offset,
+                (None, None) => skip = *offset,
+                (None, Some(n)) => {
+                    return Attempt::Fatal(io::Error::other(format!(
+                        "{object}: asked for bytes from {offset}, the answer has no Content-Range \
+                         and {n} bytes, neither the rest ({}) nor the whole object ({})",
+                        self.size - *offset,
+                        self.size
+                    )))
+                }
             }
         }
         let mut body = output.body;
@@ -737,6 +783,11 @@ impl Download {
 }
 
 /// The first byte of a `Content-Range: bytes FIRST-LAST/TOTAL` value.
+/// The total of `bytes START-END/TOTAL`, when it is a number.
+fn range_total(content_range: &str) -> Option<u64> {
+    content_range.rsplit_once('/')?.1.trim().parse().ok()
+}
+
 fn range_start(content_range: &str) -> Option<u64> {
     let rest = content_range.trim().strip_prefix("bytes")?.trim_start();
     let (first, _) = rest.split_once('-')?;
@@ -870,6 +921,8 @@ mod tests {
     fn content_range_start_is_parsed() {
         assert_eq!(range_start("bytes 100-199/200"), Some(100));
         assert_eq!(range_start("bytes */200"), None);
+        assert_eq!(range_total("bytes 100-199/200"), Some(200));
+        assert_eq!(range_total("bytes 100-199/*"), None);
     }
 
     #[test]
