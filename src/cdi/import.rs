@@ -124,6 +124,19 @@ pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>
     with_image_labels(outcome, &progress)
 }
 
+/// CDI's text for a source that cannot be opened, naming its kind.
+fn connect_failed(request: &ImportRequest, error: &dyn std::error::Error) -> Outcome {
+    let kind = match request.source {
+        CdiSource::S3 => "s3",
+        CdiSource::Registry => "registry",
+        _ => "http",
+    };
+    Outcome::Failed(format!(
+        "Unable to connect to {kind} data source: {}",
+        describe_chain(error)
+    ))
+}
+
 /// A completed import carries the labels its image declares (a containerDisk's
 /// config, or the node-pull sidecar); nothing else does.
 fn with_image_labels(outcome: Outcome, progress: &Progress) -> Outcome {
@@ -145,17 +158,7 @@ fn import_disk(
     options: &ConvertOptions,
     progress: Arc<Progress>,
 ) -> Outcome {
-    let connect_error = |e: crate::Error| {
-        let kind = match request.source {
-            CdiSource::S3 => "s3",
-            CdiSource::Registry => "registry",
-            _ => "http",
-        };
-        Outcome::Failed(format!(
-            "Unable to connect to {kind} data source: {}",
-            describe_chain(&e)
-        ))
-    };
+    let connect_error = |e: crate::Error| connect_failed(request, &e);
     progress.set_phase(Phase::Connecting);
     let input = match pipeline::open_source(&request.endpoint, &request.source_options, &progress) {
         Ok(i) => i,
@@ -234,12 +237,7 @@ fn import_archive(
     progress.set_phase(Phase::Connecting);
     let input = match pipeline::open_source(&request.endpoint, &request.source_options, &progress) {
         Ok(i) => i,
-        Err(e) => {
-            return Outcome::Failed(format!(
-                "Unable to connect to http data source: {}",
-                describe_chain(&e)
-            ))
-        }
+        Err(e) => return connect_failed(request, &e),
     };
     progress.set_phase(Phase::Transferring);
     // Each error as (is it a checksum mismatch, its text).

@@ -197,10 +197,28 @@ pub fn open(
     Ok(Box::new(ChannelReader::new(rx, object, size)))
 }
 
+/// `spec` as it may appear in messages: without user info or query (a
+/// presigned URL's signature, keys in the URL).
+fn shown_spec(spec: &str) -> String {
+    match url::Url::parse(spec) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.to_string()
+        }
+        Err(_) => spec
+            .split(['?', '@'])
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
 /// Splits `spec` into endpoint, region, bucket and key.
 fn parse_location(spec: &str, options: &SourceOptions) -> Result<Location, S3Error> {
     let bad = |reason: &str| S3Error::Spec {
-        spec: spec.to_string(),
+        spec: shown_spec(spec),
         reason: reason.to_string(),
     };
     let url = url::Url::parse(spec).map_err(|e| bad(&format!("not a URL: {e}")))?;
@@ -323,7 +341,7 @@ fn credentials(spec: &str, options: &SourceOptions) -> Result<Option<Credentials
         (None, None) => {}
         _ => {
             return Err(S3Error::Spec {
-                spec: spec.to_string(),
+                spec: shown_spec(spec),
                 reason: "an access key id (--username) needs a secret key (--password) and \
                          the other way round"
                     .to_string(),
@@ -923,6 +941,15 @@ mod tests {
         assert_eq!(range_start("bytes */200"), None);
         assert_eq!(range_total("bytes 100-199/200"), Some(200));
         assert_eq!(range_total("bytes 100-199/*"), None);
+    }
+
+    #[test]
+    fn specs_in_messages_lose_credentials_and_signatures() {
+        assert_eq!(
+            shown_spec("https://AK:SK@host:9000/b/k?X-Amz-Signature=abc"),
+            "https://host:9000/b/k"
+        );
+        assert_eq!(shown_spec("not a url?secret"), "not a url");
     }
 
     #[test]
