@@ -268,6 +268,27 @@ fn an_image_larger_than_the_requested_size_fails_with_cdis_too_small_text() {
 }
 
 #[test]
+fn a_broken_stream_fails_as_a_pull_failure() {
+    let Some(served) = serve_image() else { return };
+    // The qcow2 gzipped, then cut: the decoder fails mid-stream.
+    let image = fs::read(served.www.join("disk.qcow2")).unwrap();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut encoder, &image).unwrap();
+    let gz = encoder.finish().unwrap();
+    fs::write(served.www.join("cut.qcow2.gz"), &gz[..gz.len() / 2]).unwrap();
+    let root = Root::new();
+    let url = format!("{}cut.qcow2.gz", served.base);
+    let (code, _) = root.import(&[("IMPORTER_ENDPOINT", &url)]);
+    assert_eq!(code, 1);
+    let text = root.termination();
+    assert!(
+        text.starts_with("Unable to process data: failed to pull image: ") && text.contains("gzip"),
+        "{text}"
+    );
+    assert!(!root.disk().exists());
+}
+
+#[test]
 fn a_missing_file_fails_with_exit_1_and_names_the_source() {
     let Some(served) = serve_image() else { return };
     let root = Root::new();

@@ -124,6 +124,17 @@ pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>
     with_image_labels(outcome, &progress)
 }
 
+/// True when reading the source stream failed (not the image's content, not
+/// the target).
+fn is_stream_failure(error: &crate::Error) -> bool {
+    matches!(
+        error,
+        crate::Error::Read(_)
+            | crate::Error::Qcow2(Qcow2Error::Read(_))
+            | crate::Error::Raw(crate::format::raw::RawError::Read(_))
+    )
+}
+
 /// CDI's text for a source that cannot be opened, naming its kind.
 fn connect_failed(request: &ImportRequest, error: &dyn std::error::Error) -> Outcome {
     let kind = match request.source {
@@ -205,6 +216,14 @@ fn import_disk(
                     let _ = std::fs::remove_file(path);
                 }
                 return Outcome::Done(TerminationMessage::checksum_mismatch(&text));
+            }
+            // As CDI's file writer does, a failure of the byte stream itself
+            // (network, decompression) is reported as a pull failure, which
+            // the controller shows with reason ImagePullFailed.
+            if is_stream_failure(&e) {
+                return Outcome::Failed(format!(
+                    "Unable to process data: failed to pull image: {text}"
+                ));
             }
             return Outcome::Failed(format!("Unable to process data: {text}"));
         }
