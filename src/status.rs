@@ -17,8 +17,9 @@
 //! * any other path — the `/metrics` content, as CDI's Go importer (whose
 //!   `promhttp.Handler()` serves every path) does.
 //!
-//! When the source size is unknown (no `Content-Length`, or a source without
-//! one) the progress series stays at 0 until the import succeeds.
+//! The progress series is absent, as in CDI (the controller shows N/A), until
+//! the source's size is known; when it never is (no `Content-Length`), it
+//! appears at 100 when the import succeeds.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -174,6 +175,12 @@ impl StatusState {
         let now = raw_percent(&self.progress);
         let before = self.reported.fetch_max(now.to_bits(), Ordering::Relaxed);
         f64::from_bits(before).max(now)
+    }
+
+    /// True once the progress series exists: the source's size is known or
+    /// the import succeeded.
+    pub fn has_progress(&self) -> bool {
+        self.progress.source_total() > 0 || self.progress.phase() == Phase::Succeeded
     }
 
     /// Records the current byte count for the throughput.
@@ -346,7 +353,13 @@ impl Endpoint {
 
     /// The `/metrics` body.
     fn metrics(&self) -> String {
-        let mut body = progress_family(&self.state.owner_uid, self.state.percent());
+        // As CDI: no series until there is progress to report (the source's
+        // size is known, or the import is done); the controller shows N/A.
+        let mut body = if self.state.has_progress() {
+            progress_family(&self.state.owner_uid, self.state.percent())
+        } else {
+            String::new()
+        };
         // Ends with "# EOF".
         if prometheus_client::encoding::text::encode(&mut body, &self.registry).is_err() {
             let _ = writeln!(body, "# EOF");
@@ -677,6 +690,25 @@ mod tests {
         assert!(
             std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
             "closed after stop"
+        );
+    }
+
+    #[test]
+    fn the_progress_series_is_absent_until_the_size_is_known_or_the_import_is_done() {
+        let progress = Arc::new(Progress::default());
+        progress.set_phase(Phase::Transferring);
+        progress.add_source_read(100);
+        let endpoint = Endpoint::new(Arc::new(StatusState::new(progress.clone(), "u")));
+        let body = endpoint.metrics();
+        assert_eq!(controller_value(&body, "u"), None, "{body}");
+        assert!(
+            body.contains("diskimport_source_read_bytes_total 100"),
+            "{body}"
+        );
+        progress.set_phase(Phase::Succeeded);
+        assert_eq!(
+            controller_value(&endpoint.metrics(), "u").as_deref(),
+            Some("100")
         );
     }
 
