@@ -1,6 +1,7 @@
 //! Real test servers from `../shared/servers`, run as child processes bound to
-//! 127.0.0.1 and stopped (killed by PID, then waited for) when their handle is
-//! dropped, so a failing test never leaves a server behind.
+//! 127.0.0.1 and stopped (SIGTERM to their PID, SIGKILL if they linger, then
+//! waited for) when their handle is dropped, so a failing test never leaves a
+//! server, or an nginx worker, behind.
 //!
 //! Use from an integration test with
 //!
@@ -145,9 +146,27 @@ impl Server {
     }
 }
 
+/// How long a server may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Drop for Server {
     fn drop(&mut self) {
-        // Child::kill sends SIGKILL to exactly this PID.
+        // SIGTERM first, to exactly this PID: nginx's master then stops its
+        // workers (SIGKILL would leave them running without a parent).
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        // Still there: Child::kill sends SIGKILL to exactly this PID.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
