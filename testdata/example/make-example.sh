@@ -22,9 +22,9 @@ This disk was made by testdata/example/make-example.sh in the diskimport reposit
 
 It is a 16 MiB ext4 file system, shipped as a compressed qcow2 inside xz:
 
-    cargo run --release -- convert testdata/example/example-ext4.qcow2.xz /tmp/example.raw
+    cargo run --release -- convert testdata/example/example-ext4.qcow2.xz target/example.raw
 
-turns it back into the raw disk; `debugfs -R 'cat /README.txt' /tmp/example.raw`
+turns it back into the raw disk; `debugfs -R 'cat /README.txt' target/example.raw`
 (or a loop mount) shows this file again.
 TXT
 cat > "$root/docs/streaming.txt" <<'TXT'
