@@ -6,9 +6,9 @@
 //! each as long as the archive says. A hostile archive can claim gigabytes
 //! there (a few kilobytes once compressed) and exhaust memory before any entry
 //! comes out. Tar readers here wrap their input in a [`GuardedReader`] and
-//! switch its [`HeaderBudget`] to [`HeaderBudget::between_entries`] before
-//! asking for the next entry, and to [`HeaderBudget::inside_entry`] once they
-//! have it: metadata beyond [`METADATA_LIMIT`] bytes is then a read error.
+//! take entries with [`HeaderBudget::next_entry`], which limits the reads
+//! that find an entry to [`METADATA_LIMIT`] bytes (more is a read error) and
+//! lifts the limit for the entry's body.
 //! The caller must read every entry's body to its end before asking for the
 //! next one, so that skipping a body is not counted as metadata.
 
@@ -42,13 +42,21 @@ impl HeaderBudget {
         }
     }
 
-    /// The next reads are metadata: at most [`METADATA_LIMIT`] bytes.
-    pub fn between_entries(&self) {
+    /// The next entry of `entries`, its metadata read within
+    /// [`METADATA_LIMIT`] bytes; the entry's body (and whatever is read after
+    /// the last entry) is not limited.
+    pub fn next_entry<'a, R: Read>(
+        &self,
+        entries: &mut tar::Entries<'a, R>,
+    ) -> Option<io::Result<tar::Entry<'a, R>>> {
         self.remaining.store(METADATA_LIMIT, Ordering::Relaxed);
+        let entry = entries.next();
+        self.inside_entry();
+        entry
     }
 
     /// The next reads are an entry's body (or the archive's tail): unlimited.
-    pub fn inside_entry(&self) {
+    fn inside_entry(&self) {
         self.remaining.store(u64::MAX, Ordering::Relaxed);
     }
 }
@@ -109,16 +117,11 @@ mod tests {
         let mut archive = tar::Archive::new(budget.guard(bytes));
         let mut entries = archive.entries()?;
         let mut count = 0;
-        loop {
-            budget.between_entries();
-            let Some(entry) = entries.next() else {
-                return Ok(count);
-            };
-            let mut entry = entry?;
-            budget.inside_entry();
-            skip_body(&mut entry)?;
+        while let Some(entry) = budget.next_entry(&mut entries) {
+            skip_body(&mut entry?)?;
             count += 1;
         }
+        Ok(count)
     }
 
     #[test]

@@ -61,13 +61,8 @@ pub fn unpack(input: impl Read, dir: &Path) -> Result<Unpacked, ArchiveError> {
     // directory must not stop its own files from being written.
     let mut directory_modes: Vec<(PathBuf, u32)> = Vec::new();
     let mut entries = archive.entries().map_err(ArchiveError::Read)?;
-    loop {
-        budget.between_entries();
-        let Some(entry) = entries.next() else {
-            break;
-        };
+    while let Some(entry) = budget.next_entry(&mut entries) {
         let mut entry = entry.map_err(ArchiveError::Read)?;
-        budget.inside_entry();
         let path = entry.path_bytes();
         let path = String::from_utf8_lossy(&path).into_owned();
         let kind = entry.header().entry_type();
@@ -108,7 +103,6 @@ pub fn unpack(input: impl Read, dir: &Path) -> Result<Unpacked, ArchiveError> {
         })?;
     }
     // The whole stream must be read: a truncated tar shows only here.
-    budget.inside_entry();
     let mut rest = archive.into_inner();
     std::io::copy(&mut rest, &mut std::io::sink()).map_err(ArchiveError::Read)?;
     Ok(done)

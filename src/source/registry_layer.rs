@@ -302,13 +302,8 @@ fn walk_tar<R: Read>(
     let budget = HeaderBudget::new();
     let mut archive = tar::Archive::new(budget.guard(decoded));
     let mut entries = archive.entries().map_err(unreadable)?;
-    loop {
-        budget.between_entries();
-        let Some(entry) = entries.next() else {
-            break;
-        };
+    while let Some(entry) = budget.next_entry(&mut entries) {
         let mut entry = entry.map_err(unreadable)?;
-        budget.inside_entry();
         let entry_type = entry.header().entry_type();
         let is_file = matches!(
             entry_type,
