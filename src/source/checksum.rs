@@ -175,50 +175,56 @@ impl Hasher {
     }
 }
 
+/// Where a [`VerifyingReader`] stands.
+enum Check {
+    /// Bytes still flowing into the digest.
+    Hashing(Hasher),
+    /// The digest matched at EOF: later reads return EOF.
+    Verified,
+    /// The digest did not match: later reads fail with the same error.
+    Mismatched(ChecksumMismatch),
+}
+
 /// Passes bytes through and checks the digest at EOF.
 pub struct VerifyingReader<R> {
     inner: R,
     expected: Expected,
-    hasher: Option<Hasher>,
-    /// Set once the digest was checked and matched: later reads return EOF.
-    verified: bool,
-    /// Set once the digest was checked and did not match: later reads fail.
-    mismatch: Option<ChecksumMismatch>,
+    check: Check,
 }
 
 impl<R> VerifyingReader<R> {
     /// Wraps `inner`.
     pub fn new(inner: R, expected: Expected) -> Self {
-        let hasher = Some(Hasher::new(expected.algo));
         VerifyingReader {
             inner,
+            check: Check::Hashing(Hasher::new(expected.algo)),
             expected,
-            hasher,
-            verified: false,
-            mismatch: None,
         }
     }
 }
 
 impl<R: Read> Read for VerifyingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.verified || buf.is_empty() {
+        if buf.is_empty() {
             return Ok(0);
         }
-        if let Some(mismatch) = &self.mismatch {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, mismatch.clone()));
-        }
-        let n = self.inner.read(buf)?;
-        let Some(hasher) = self.hasher.as_mut() else {
-            return Ok(0); // unreachable: no hasher means verified or mismatched
+        let hasher = match &mut self.check {
+            Check::Hashing(hasher) => hasher,
+            Check::Verified => return Ok(0),
+            Check::Mismatched(mismatch) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, mismatch.clone()))
+            }
         };
+        let n = self.inner.read(buf)?;
         if n > 0 {
             hasher.update(&buf[..n]);
             return Ok(n);
         }
-        let got = self.hasher.take().map(Hasher::finish).unwrap_or_default();
+        let Check::Hashing(hasher) = std::mem::replace(&mut self.check, Check::Verified) else {
+            unreachable!("matched as hashing above");
+        };
+        let got = hasher.finish();
         if got == self.expected.digest {
-            self.verified = true;
             return Ok(0);
         }
         let mismatch = ChecksumMismatch {
@@ -226,7 +232,7 @@ impl<R: Read> Read for VerifyingReader<R> {
             expected: hex::encode(&self.expected.digest),
             calculated: hex::encode(&got),
         };
-        self.mismatch = Some(mismatch.clone());
+        self.check = Check::Mismatched(mismatch.clone());
         Err(io::Error::new(io::ErrorKind::InvalidData, mismatch))
     }
 }
