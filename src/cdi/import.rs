@@ -84,7 +84,7 @@ pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>
     } else {
         Target::File(root.join("data/disk.img"))
     };
-    let outcome = match (request.source, request.content_type) {
+    let mut outcome = match (request.source, request.content_type) {
         (CdiSource::Blank, ContentType::Archive) => {
             Outcome::Failed("Cannot create empty disk with content type archive".into())
         }
@@ -110,18 +110,19 @@ pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>
             import_disk(&request, &target, &options, progress.clone())
         }
     };
-    match &outcome {
+    match &mut outcome {
         Outcome::Failed(text) => progress.fail(text),
-        Outcome::Done(message) => match &message.message {
-            Some(text) if text.contains("checksum mismatch") => progress.fail(text),
-            _ if message.scratch_space_required == Some(true) => {}
-            _ => {
-                request.node_pull.signal_done();
-                progress.set_phase(Phase::Succeeded);
-            }
-        },
+        Outcome::Done(message) if message.is_complete() => {
+            // Only a completed import carries the labels its image declares.
+            message.labels = super::labels::labels_from_env(&progress.image_env());
+            request.node_pull.signal_done();
+            progress.set_phase(Phase::Succeeded);
+        }
+        Outcome::Done(message) if message.scratch_space_required == Some(true) => {}
+        // A checksum mismatch: exit 0 for the controller, a failure here.
+        Outcome::Done(message) => progress.fail(message.message.as_deref().unwrap_or_default()),
     }
-    with_image_labels(outcome, &progress)
+    outcome
 }
 
 /// True when reading the source stream failed (not the image's content, not
@@ -146,21 +147,6 @@ fn connect_failed(request: &ImportRequest, error: &dyn std::error::Error) -> Out
         "Unable to connect to {kind} data source: {}",
         describe_chain(error)
     ))
-}
-
-/// A completed import carries the labels its image declares (a containerDisk's
-/// config, or the node-pull sidecar); nothing else does.
-fn with_image_labels(outcome: Outcome, progress: &Progress) -> Outcome {
-    match outcome {
-        Outcome::Done(mut message)
-            if message.message.as_deref() == Some("Import Complete")
-                && message.scratch_space_required != Some(true) =>
-        {
-            message.labels = super::labels::labels_from_env(&progress.image_env());
-            Outcome::Done(message)
-        }
-        other => other,
-    }
 }
 
 fn import_disk(

@@ -56,6 +56,13 @@ impl TerminationMessage {
         }
     }
 
+    /// True for a finished import or blank disk (not a request for scratch
+    /// space, not a checksum mismatch).
+    pub fn is_complete(&self) -> bool {
+        self.message.as_deref() == Some("Import Complete")
+            && self.scratch_space_required != Some(true)
+    }
+
     /// A checksum mismatch: fatal for the DataVolume, reported with exit 0.
     pub fn checksum_mismatch(detail: &str) -> Self {
         TerminationMessage {
