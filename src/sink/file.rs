@@ -39,6 +39,15 @@ pub struct SparseFileSink {
     summary: SinkSummary,
 }
 
+/// The directory holding `target` (`.` for a bare file name): where the
+/// temporary file goes, and what is synced after the rename.
+fn directory_of(target: &Path) -> &Path {
+    match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Start writeback to the device after this many written bytes, so that the
 /// final sync finds little left to do and disk I/O overlaps the conversion.
 const WRITEBACK_EVERY: u64 = 32 << 20;
@@ -56,15 +65,12 @@ impl SparseFileSink {
                 ));
             }
         }
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = directory_of(target);
         let temp = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
             .suffix(TEMP_SUFFIX)
-            .tempfile_in(&dir)
-            .map_err(|e| io_error("creating a temporary file in", &dir, e))?;
+            .tempfile_in(dir)
+            .map_err(|e| io_error("creating a temporary file in", dir, e))?;
         Ok(SparseFileSink {
             target: target.to_path_buf(),
             temp: Some(temp),
@@ -194,12 +200,8 @@ impl ExtentSink for SparseFileSink {
             .map_err(|e| io_error("syncing", &self.target, e))?;
         temp.persist(&self.target)
             .map_err(|e| io_error("renaming the finished file to", &self.target, e.error))?;
-        // The rename is durable once the directory is (`.` for a bare name).
-        let dir = match self.target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        File::open(dir)
+        // The rename is durable once the directory is.
+        File::open(directory_of(&self.target))
             .and_then(|d| d.sync_all())
             .map_err(|e| io_error("syncing the directory of", &self.target, e))?;
         Ok(self.summary)

@@ -701,7 +701,7 @@ fn validators(headers: &HeaderMap) -> (Option<String>, Option<String>) {
     (get(ETAG), get(LAST_MODIFIED))
 }
 
-/// `Retry-After` in seconds (the HTTP-date form falls back to the backoff).
+/// `Retry-After`, in either of its forms.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     parse_retry_after(headers.get(RETRY_AFTER)?.to_str().ok()?, SystemTime::now())
 }
