@@ -67,9 +67,7 @@ pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>
             .wait_ready(&request.endpoint, READY_TIMEOUT, &progress)
         {
             Ok(endpoint) => {
-                if request.node_pull.ready_file.is_some() {
-                    progress.set_image_env(super::node_pull::sidecar_env(&endpoint));
-                }
+                progress.set_image_env(request.node_pull.image_env(&endpoint));
                 request.endpoint = endpoint
             }
             Err(text) => {

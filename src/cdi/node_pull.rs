@@ -59,6 +59,16 @@ impl NodePull {
         Ok(format!("{base}{name}"))
     }
 
+    /// The environment the sidecar reports on `/info` of the endpoint's
+    /// server (`{"env": ["KEY=value", …]}`); nothing without node pull or if
+    /// it reports none: labels are a courtesy, never a reason to fail.
+    pub fn image_env(&self, endpoint: &str) -> Vec<String> {
+        if self.ready_file.is_none() {
+            return Vec::new();
+        }
+        sidecar_env(endpoint)
+    }
+
     /// Tells the sidecar the import is done. A failure is only logged, as CDI
     /// does: the import itself succeeded.
     pub fn signal_done(&self) {
@@ -75,10 +85,8 @@ impl NodePull {
     }
 }
 
-/// The environment the sidecar reports on `/info` of the endpoint's server
-/// (`{"env": ["KEY=value", …]}`), or nothing if it reports none: labels are
-/// a courtesy, never a reason to fail the import.
-pub fn sidecar_env(endpoint: &str) -> Vec<String> {
+/// What the sidecar at `endpoint`'s server says on `/info`.
+fn sidecar_env(endpoint: &str) -> Vec<String> {
     #[derive(serde::Deserialize)]
     struct Info {
         #[serde(default)]
