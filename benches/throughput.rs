@@ -14,7 +14,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use diskimport::decode::decode_all;
 use diskimport::extent::Extent;
-use diskimport::format::qcow2::{convert_stream, StreamOptions};
+use diskimport::format::qcow2::convert_stream;
+use diskimport::format::StreamOptions;
 use diskimport::sink::file::SparseFileSink;
 use diskimport::sink::null::NullSink;
 use diskimport::sink::zero_detect::is_zero;

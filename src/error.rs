@@ -2,7 +2,7 @@
 //! stage's own typed error.
 
 use crate::decode::DecodeError;
-use crate::format::qcow2::Qcow2Error;
+use crate::format::engine::ImageError;
 use crate::sink::SinkError;
 
 /// Anything that can stop an import.
@@ -20,12 +20,9 @@ pub enum Error {
     /// The image is in a format that is recognized but not converted.
     #[error("unsupported image format: {0} (recognized by its magic bytes; it is not converted)")]
     UnsupportedFormat(&'static str),
-    /// The qcow2 image is refused or broken.
-    #[error("qcow2: {0}")]
-    Qcow2(#[from] Qcow2Error),
-    /// The raw passthrough failed.
+    /// The image is malformed or refused; the message names the format.
     #[error(transparent)]
-    Raw(#[from] crate::format::raw::RawError),
+    Image(ImageError),
     /// Writing the target failed.
     #[error("target: {0}")]
     Sink(#[from] SinkError),

@@ -12,8 +12,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use diskimport::error::describe_chain;
-use diskimport::format::qcow2::DEFAULT_MEMORY_BUDGET;
-use diskimport::format::ImageFormat;
+use diskimport::format::DEFAULT_MEMORY_BUDGET;
 use diskimport::pipeline::{self, ConvertOptions, Report};
 use diskimport::progress::Progress;
 use diskimport::sink::block::BlockSink;
@@ -351,33 +350,24 @@ fn open_target(
 }
 
 fn summary_line(source: &str, target: &std::path::Path, report: &Report, seconds: f64) -> String {
-    let mut what = vec![format_name(report.format).to_string()];
+    let mut what = vec![report.format().to_string()];
     what.extend(
         report
             .compression
             .iter()
             .map(|c| format!("{c:?}").to_lowercase()),
     );
-    let rate = report.virtual_size as f64 / seconds.max(1e-6);
+    let rate = report.virtual_size() as f64 / seconds.max(1e-6);
     format!(
         "converted {source} ({}) to {}: {} virtual, {} written, {} left sparse, in {:.2} s ({}/s)",
         what.join(" in "),
         target.display(),
-        cli_size::human(report.virtual_size),
+        cli_size::human(report.virtual_size()),
         cli_size::human(report.sink.bytes_written),
         cli_size::human(report.sink.bytes_zero),
         seconds,
         cli_size::human(rate as u64),
     )
-}
-
-fn format_name(format: ImageFormat) -> &'static str {
-    match format {
-        ImageFormat::Qcow2 => "qcow2",
-        ImageFormat::Raw => "raw",
-        ImageFormat::Iso => "iso",
-        ImageFormat::Unsupported(name) => name,
-    }
 }
 
 fn info(
@@ -394,10 +384,7 @@ fn info(
     let report = pipeline::run(input, &mut sink, &tuning.options(map), progress)
         .map_err(|e| describe_chain(&e))?;
     if map {
-        let entries = match &report.qcow2 {
-            Some(q) => q.map.clone().unwrap_or_default(),
-            None => vec![raw_map_entry(report.virtual_size)],
-        };
+        let entries = report.image.map.clone().unwrap_or_default();
         let lines: Vec<String> = entries
             .iter()
             .map(|e| serde_json::to_string(e).expect("map entries serialize"))
@@ -417,50 +404,37 @@ fn info(
     Ok(())
 }
 
-/// A raw image is one data run at its own offsets.
-fn raw_map_entry(size: u64) -> diskimport::format::qcow2::MapEntry {
-    diskimport::format::qcow2::MapEntry {
-        start: 0,
-        length: size,
-        depth: 0,
-        present: true,
-        zero: false,
-        data: true,
-        compressed: false,
-        offset: Some(0),
-    }
-}
-
 fn info_json(report: &Report) -> serde_json::Value {
+    let image = &report.image;
     let mut value = serde_json::json!({
-        "format": format_name(report.format),
+        "format": image.format,
         "compression": report.compression,
-        "virtual_size": report.virtual_size,
-        "stream_size": report.stream_len,
-        "allocated_bytes": report.qcow2.as_ref().map_or(report.sink.bytes_written, |q| q.allocated_bytes),
+        "virtual_size": image.virtual_size,
+        "stream_size": image.stream_len,
+        "allocated_bytes": image.allocated_bytes.unwrap_or(report.sink.bytes_written),
         "nonzero_bytes": report.sink.bytes_written,
+        "streaming": {
+            "mode": image.streaming_mode(),
+            "retained_peak_bytes": image.retained_peak,
+            "spilled_bytes": image.spilled_bytes,
+        },
     });
-    if let Some(q) = &report.qcow2 {
-        let h = &q.header;
-        value["version"] = h.version.into();
-        value["cluster_size"] = h.cluster_size().into();
-        value["features"] = serde_json::json!(h.feature_names());
-        value["cluster_compression"] = serde_json::json!(h.compression);
-        value["refcount_bits"] = (1u64 << h.refcount_order).into();
-        value["l2_tables"] = q.l2_tables.into();
-        value["compressed_clusters"] = q.compressed_clusters.into();
-        value["snapshots"] = h.nb_snapshots.into();
-        value["streaming"] = serde_json::json!({
-            "retained_peak_bytes": q.retained_peak,
-            "spilled_bytes": q.spilled_bytes,
-        });
+    if let Some(sub) = &image.subformat {
+        value["subformat"] = sub.clone().into();
+    }
+    for detail in &image.details {
+        value[detail.key] = detail.value.clone();
     }
     value
 }
 
 fn print_info_text(source: &str, report: &Report) {
+    let image = &report.image;
     println!("image: {source}");
-    println!("format: {}", format_name(report.format));
+    println!("format: {}", image.format);
+    if let Some(sub) = &image.subformat {
+        println!("subformat: {sub}");
+    }
     if !report.compression.is_empty() {
         let names: Vec<String> = report
             .compression
@@ -471,29 +445,35 @@ fn print_info_text(source: &str, report: &Report) {
     }
     println!(
         "virtual size: {} ({} bytes)",
-        cli_size::human(report.virtual_size),
-        report.virtual_size
+        cli_size::human(image.virtual_size),
+        image.virtual_size
     );
-    if let Some(q) = &report.qcow2 {
-        let h = &q.header;
-        println!("qcow2 version: {}", h.version);
-        println!("cluster size: {}", h.cluster_size());
-        let features = h.feature_names();
-        println!(
-            "features: {}",
-            if features.is_empty() {
-                "none".to_string()
-            } else {
-                features.join(", ")
-            }
-        );
-        println!("allocated: {}", cli_size::human(q.allocated_bytes));
-        if q.compressed_clusters > 0 {
-            println!("compressed clusters: {}", q.compressed_clusters);
-        }
+    for detail in &image.details {
+        println!("{}: {}", detail.label, detail_text(&detail.value));
+    }
+    if let Some(allocated) = image.allocated_bytes {
+        println!("allocated: {}", cli_size::human(allocated));
     }
     println!(
         "non-zero data: {}",
         cli_size::human(report.sink.bytes_written)
     );
+    if image.spilled_bytes > 0 {
+        println!(
+            "streaming: spilled {} (tables after their data)",
+            cli_size::human(image.spilled_bytes)
+        );
+    }
+}
+
+/// A detail's value as text: strings bare, lists joined ("none" when empty).
+fn detail_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) if items.is_empty() => "none".into(),
+        serde_json::Value::Array(items) => {
+            items.iter().map(detail_text).collect::<Vec<_>>().join(", ")
+        }
+        other => other.to_string(),
+    }
 }

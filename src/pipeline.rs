@@ -1,7 +1,7 @@
-//! Wires the stages together: open the source, peel compression wrappers, sniff
-//! the format, and run the matching reader into the sink. The decoder runs on
-//! its own thread (`stream`), the sink on another (`sink::threaded`), the format
-//! reader on the caller's.
+//! Wires the stages together: open the source, peel compression wrappers, ask the
+//! format registry which reader the decoded bytes are for, and run that reader into
+//! the sink. The decoder runs on its own thread (`stream`), the sink on another
+//! (`sink::threaded`), the format reader on the caller's.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use crate::decode::{decode_all, Compression};
 use crate::error::Error;
-use crate::format::qcow2::{self, Qcow2Summary, StreamOptions};
-use crate::format::{raw, sniff_format, ImageFormat, SNIFF_LEN};
+use crate::format::engine::{ImageError, StreamError, StreamOptions};
+use crate::format::{probe, ImageSummary, Probed, SNIFF_LEN};
 use crate::progress::Progress;
 use crate::sink::{ExtentSink, SinkSummary};
 use crate::source::SourceOptions;
@@ -19,11 +19,11 @@ use crate::stream::ChunkStream;
 /// How to run a conversion.
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
-    /// Memory for unclaimed qcow2 bytes before spilling.
+    /// Memory for unclaimed image bytes before spilling.
     pub memory_budget: u64,
     /// Directory for the spill file.
     pub scratch_dir: PathBuf,
-    /// Build the qcow2 allocation map.
+    /// Build the allocation map.
     pub collect_map: bool,
     /// Whether the spill file may be used (see [`StreamOptions::spill_allowed`]).
     pub spill_allowed: bool,
@@ -41,21 +41,38 @@ impl Default for ConvertOptions {
     }
 }
 
+impl ConvertOptions {
+    fn stream_options(&self) -> StreamOptions {
+        StreamOptions {
+            memory_budget: self.memory_budget,
+            scratch_dir: self.scratch_dir.clone(),
+            collect_map: self.collect_map,
+            spill_allowed: self.spill_allowed,
+        }
+    }
+}
+
 /// What a conversion found and did.
 #[derive(Debug, Clone)]
 pub struct Report {
     /// Compression wrappers, outermost first.
     pub compression: Vec<Compression>,
-    /// The image format.
-    pub format: ImageFormat,
-    /// Size of the virtual disk.
-    pub virtual_size: u64,
-    /// Bytes of the decoded image stream.
-    pub stream_len: u64,
-    /// Details of a qcow2 image.
-    pub qcow2: Option<Qcow2Summary>,
+    /// What the format reader found (format, sizes, map, details).
+    pub image: ImageSummary,
     /// What the sink did.
     pub sink: SinkSummary,
+}
+
+impl Report {
+    /// The format's short name.
+    pub fn format(&self) -> &'static str {
+        self.image.format
+    }
+
+    /// Size of the virtual disk.
+    pub fn virtual_size(&self) -> u64 {
+        self.image.virtual_size
+    }
 }
 
 /// Opens a source (path, `-`, or URL) and counts what it reads.
@@ -77,40 +94,30 @@ pub fn run(
     let (compression, decoded) = decode_all(source)?;
     let mut stream = ChunkStream::spawn(decoded, progress);
     let head = stream.peek(SNIFF_LEN).map_err(Error::Read)?;
-    let format = sniff_format(&head);
-    let (virtual_size, stream_len, qcow2) = match format {
-        ImageFormat::Qcow2 => {
-            let stream_options = StreamOptions {
-                memory_budget: options.memory_budget,
-                scratch_dir: options.scratch_dir.clone(),
-                collect_map: options.collect_map,
-                spill_allowed: options.spill_allowed,
-            };
-            // A read error is the input's (source or decoder), not the qcow2's.
-            let summary =
-                qcow2::convert_stream(&mut stream, sink, &stream_options).map_err(|e| match e {
-                    qcow2::Qcow2Error::Read(io) => Error::Read(io),
-                    other => Error::Qcow2(other),
-                })?;
-            (
-                summary.header.virtual_size,
-                summary.stream_len,
-                Some(summary),
-            )
-        }
-        ImageFormat::Raw | ImageFormat::Iso => {
-            let summary = raw::convert_stream(&mut stream, sink)?;
-            (summary.stream_len, summary.stream_len, None)
-        }
-        ImageFormat::Unsupported(name) => return Err(Error::UnsupportedFormat(name)),
+    let reader = match probe(&head) {
+        Probed::Reader(reader) => reader,
+        Probed::Unsupported(name) => return Err(Error::UnsupportedFormat(name)),
     };
+    let image = reader
+        .convert(&mut stream, sink, &options.stream_options())
+        .map_err(image_error)?;
     let sink_summary = sink.finish()?;
     Ok(Report {
         compression,
-        format,
-        virtual_size,
-        stream_len,
-        qcow2,
+        image,
         sink: sink_summary,
     })
+}
+
+/// A read error is the input's (source or decoder) and a sink error the target's,
+/// not the image's: they keep their own kinds.
+fn image_error(error: ImageError) -> Error {
+    match error.kind {
+        crate::format::ImageErrorKind::Stream(StreamError::Read(io)) => Error::Read(io),
+        crate::format::ImageErrorKind::Stream(StreamError::Sink(e)) => Error::Sink(e),
+        kind => Error::Image(ImageError {
+            format: error.format,
+            kind,
+        }),
+    }
 }

@@ -6,7 +6,8 @@
 #![no_main]
 
 use bytes::Bytes;
-use diskimport::format::qcow2::{convert_stream, StreamOptions};
+use diskimport::format::qcow2::convert_stream;
+use diskimport::format::StreamOptions;
 use diskimport::sink::null::NullSink;
 use diskimport::stream::ChunkStream;
 use libfuzzer_sys::fuzz_target;

@@ -13,7 +13,7 @@ use super::node_pull::READY_TIMEOUT;
 use super::sizing::{final_disk_size, usable_size};
 use super::termination::TerminationMessage;
 use crate::error::describe_chain;
-use crate::format::qcow2::Qcow2Error;
+use crate::format::engine::StreamError;
 use crate::pipeline::{self, ConvertOptions};
 use crate::progress::{Phase, Progress};
 use crate::sink::block::BlockSink;
@@ -126,12 +126,7 @@ pub fn run_import(env: &[(String, String)], root: &Path, progress: Arc<Progress>
 /// True when reading the source stream failed (not the image's content, not
 /// the target).
 fn is_stream_failure(error: &crate::Error) -> bool {
-    matches!(
-        error,
-        crate::Error::Read(_)
-            | crate::Error::Qcow2(Qcow2Error::Read(_))
-            | crate::Error::Raw(crate::format::raw::RawError::Read(_))
-    )
+    matches!(error, crate::Error::Read(_))
 }
 
 /// CDI's text for a source that cannot be opened, naming its kind.
@@ -191,8 +186,10 @@ fn import_disk(
         Ok(r) => r,
         Err(e) => {
             drop(sink);
-            if let crate::Error::Qcow2(Qcow2Error::ScratchRequired { .. }) = e {
-                return Outcome::Done(TerminationMessage::scratch_required());
+            if let crate::Error::Image(image) = &e {
+                if let Some(StreamError::ScratchRequired { .. }) = image.as_stream() {
+                    return Outcome::Done(TerminationMessage::scratch_required());
+                }
             }
             let text = describe_chain(&e);
             if is_checksum_mismatch(&e) {
@@ -214,7 +211,7 @@ fn import_disk(
     };
     progress.set_phase(Phase::Finishing);
     if let Some(file) = file {
-        let size = final_disk_size(report.virtual_size, file.resize_to);
+        let size = final_disk_size(report.virtual_size(), file.resize_to);
         if let Err(e) = finish_file(&file.path, size, request.preallocation) {
             return Outcome::Failed(format!("Unable to process data: {e}"));
         }

@@ -1,5 +1,7 @@
 //! Every way a qcow2 image can be refused, one variant per check, each message
-//! naming the field or offset at fault.
+//! naming the field or offset at fault. Failures that are not about qcow2
+//! (truncation, budget, spill, sink) are the engine's
+//! [`StreamError`](crate::format::engine::StreamError).
 
 /// A qcow2 image that is refused, broken, or not fully present.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,12 @@ pub enum Qcow2Error {
         /// L1 entries it needs.
         l1_entries: u64,
     },
+    /// l1_size above what qemu opens.
+    #[error("L1 table is too large: l1_size {l1_size} entries (limit 4194304)")]
+    L1TooLarge {
+        /// The l1_size field.
+        l1_size: u64,
+    },
     /// l1_size smaller than the virtual size needs.
     #[error("L1 table is too small: {l1_size} entries for a virtual size that needs {needed}")]
     L1TooSmall {
@@ -158,76 +166,10 @@ pub enum Qcow2Error {
         /// What is wrong.
         reason: String,
     },
-    /// A data cluster or compressed range overlaps metadata.
-    #[error("guest offset {guest:#x} maps to host offset {host:#x}, which lies inside the {what}")]
-    DataOverlapsMetadata {
-        /// Guest offset.
-        guest: u64,
-        /// Host offset.
-        host: u64,
-        /// Which structure.
-        what: &'static str,
-    },
-    /// A range the image needs was passed without being kept.
-    #[error("host bytes {start:#x}..{end:#x} ({what}) were needed after the stream had passed them, and they had not been kept (they belong to another structure or were mapped twice)")]
-    NotRetained {
-        /// First byte.
-        start: u64,
-        /// End.
-        end: u64,
-        /// What needed them.
-        what: String,
-    },
-    /// The stream ended before a referenced range.
-    #[error("the image is truncated: it ends at byte {stream_end} but {what} needs bytes {start:#x}..{end:#x}")]
-    Truncated {
-        /// Where the stream ended.
-        stream_end: u64,
-        /// First needed byte.
-        start: u64,
-        /// End of the needed range.
-        end: u64,
-        /// What needed it.
-        what: String,
-    },
-    /// A compressed cluster did not decompress to exactly one cluster.
-    #[error("compressed cluster for guest offset {guest:#x} at host offset {host:#x}: {reason}")]
-    BadCompressedCluster {
-        /// Guest offset.
-        guest: u64,
-        /// Host offset of the compressed bytes.
-        host: u64,
-        /// What went wrong.
-        reason: String,
-    },
-    /// Bookkeeping would exceed the memory budget.
-    #[error("the image needs more than the memory budget of {budget} bytes for {what}")]
-    MemoryBudget {
-        /// The budget.
-        budget: u64,
-        /// For what.
-        what: &'static str,
-    },
-    /// The image needs more than the memory budget and no scratch space is
-    /// available. The text is CDI's, which its controller recognizes.
-    #[error("scratch space required and none found (the image's tables come after its data and {budget} bytes of memory are not enough)")]
-    ScratchRequired {
-        /// The memory budget.
-        budget: u64,
-    },
-    /// Reading the stream failed.
-    #[error("reading the image: {0}")]
-    Read(#[source] std::io::Error),
-    /// The spill file failed.
-    #[error("scratch spill file in {dir}: {source}")]
-    Spill {
-        /// The scratch directory.
-        dir: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The sink refused an extent or failed.
-    #[error(transparent)]
-    Sink(#[from] crate::sink::SinkError),
+}
+
+impl From<Qcow2Error> for crate::format::engine::Fault {
+    fn from(e: Qcow2Error) -> Self {
+        crate::format::engine::Fault::format(e)
+    }
 }

@@ -291,6 +291,11 @@ impl Header {
             });
         }
         let l1_size = u64::from(field.u32(36));
+        if l1_size > MAX_L1_ENTRIES {
+            // qemu refuses the table at open ("Active L1 table too large"), however
+            // few of its entries the virtual size needs.
+            return Err(Qcow2Error::L1TooLarge { l1_size });
+        }
         if l1_size < l1_entries_for_header {
             return Err(Qcow2Error::L1TooSmall {
                 l1_size,

@@ -1,96 +1,52 @@
-//! The qcow2 reader, written for a forward-only stream.
+//! The qcow2 reader, written for a forward-only stream on the shared engine
+//! (`format/engine`, which took over the streaming machinery that used to live
+//! here: wants, retention, runs, the map, codecs).
 //!
 //! - `header`: cluster 0, validated before anything else is trusted.
 //! - `table`: L1/L2 entry decoding and per-entry checks.
-//! - `reader`: the streaming engine that matches arriving bytes to the ranges
-//!   the tables claim.
-//! - `retained`: unclaimed bytes kept (memory, then spill) until all L2 tables
-//!   are known.
-//! - `compressed`: one compressed cluster, deflate or zstd.
-//! - `map`: the allocation map in `qemu-img map` shape.
+//! - `tables`: the engine's [`TableFormat`](crate::format::engine::TableFormat):
+//!   which tables to read and what their entries claim.
+//! - `error`: every qcow2-specific refusal.
 
-mod compressed;
 mod error;
 pub mod header;
-pub mod map;
-mod reader;
-mod retained;
 pub mod table;
+mod tables;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
-
 pub use error::Qcow2Error;
 pub use header::{ClusterCompression, Header};
-pub use map::MapEntry;
 
+use crate::format::engine::{run_engine, ImageError, StreamError, StreamOptions};
+use crate::format::registry::ImageReader;
+use crate::format::summary::ImageSummary;
 use crate::sink::ExtentSink;
 use crate::stream::ChunkStream;
+use tables::Qcow2Tables;
 
-/// Default for [`StreamOptions::memory_budget`]: 64 MiB.
-pub const DEFAULT_MEMORY_BUDGET: u64 = 64 << 20;
+/// The qcow2 entry of the format registry.
+pub struct Qcow2Reader;
 
-/// How the reader may use memory and disk.
-#[derive(Debug, Clone)]
-pub struct StreamOptions {
-    /// Bytes of unclaimed image data held in memory before spilling (and the
-    /// bound for bookkeeping of pending tables and mappings).
-    pub memory_budget: u64,
-    /// Where the spill file goes.
-    pub scratch_dir: PathBuf,
-    /// Whether a spill file may be made at all. Without it, an image that
-    /// needs more than the memory budget is refused with
-    /// [`Qcow2Error::ScratchRequired`] (CDI then mounts scratch space).
-    pub spill_allowed: bool,
-    /// Build the allocation map (for `info --map`).
-    pub collect_map: bool,
-}
-
-impl Default for StreamOptions {
-    fn default() -> Self {
-        StreamOptions {
-            memory_budget: DEFAULT_MEMORY_BUDGET,
-            scratch_dir: std::env::temp_dir(),
-            spill_allowed: true,
-            collect_map: false,
-        }
+impl ImageReader for Qcow2Reader {
+    fn name(&self) -> &'static str {
+        "qcow2"
     }
-}
 
-/// What reading a qcow2 image found.
-#[derive(Debug, Clone)]
-pub struct Qcow2Summary {
-    /// The validated header.
-    pub header: Header,
-    /// Guest bytes stored in the image (data and compressed clusters).
-    pub allocated_bytes: u64,
-    /// Compressed clusters.
-    pub compressed_clusters: u64,
-    /// Distinct L2 tables.
-    pub l2_tables: u64,
-    /// Length of the (decoded) image stream.
-    pub stream_len: u64,
-    /// Most unclaimed bytes held in memory at once.
-    pub retained_peak: u64,
-    /// Unclaimed bytes written to the spill file.
-    pub spilled_bytes: u64,
-    /// The allocation map, when asked for.
-    pub map: Option<Vec<MapEntry>>,
-}
+    /// "QFI\xfb", except version 1 (the older qcow format); "QFI" with a wrong
+    /// fourth byte too, so that the reader refuses the bad magic instead of the
+    /// bytes being imported as raw (no boot sector or file system starts "QFI").
+    fn probe(&self, head: &[u8]) -> bool {
+        head.starts_with(b"QFI") && head.get(4..8) != Some(&[0, 0, 0, 1])
+    }
 
-impl Qcow2Summary {
-    fn new(header: Header) -> Self {
-        Qcow2Summary {
-            header,
-            allocated_bytes: 0,
-            compressed_clusters: 0,
-            l2_tables: 0,
-            stream_len: 0,
-            retained_peak: 0,
-            spilled_bytes: 0,
-            map: None,
-        }
+    fn convert(
+        &self,
+        stream: &mut ChunkStream,
+        sink: &mut dyn ExtentSink,
+        options: &StreamOptions,
+    ) -> Result<ImageSummary, ImageError> {
+        convert_stream(stream, sink, options)
     }
 }
 
@@ -99,21 +55,35 @@ pub fn convert_stream(
     stream: &mut ChunkStream,
     sink: &mut dyn ExtentSink,
     options: &StreamOptions,
-) -> Result<Qcow2Summary, Qcow2Error> {
-    let head = stream
-        .peek(header::V2_HEADER_LEN)
-        .map_err(Qcow2Error::Read)?;
+) -> Result<ImageSummary, ImageError> {
+    let read_error = |e| ImageError::stream("qcow2", StreamError::Read(e));
+    let head = stream.peek(header::V2_HEADER_LEN).map_err(read_error)?;
     let cluster_bits = head
         .get(20..24)
         .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
         .filter(|bits| (9..=21).contains(bits))
         .unwrap_or(9);
-    let cluster0 = stream
-        .read_up_to(1 << cluster_bits)
-        .map_err(Qcow2Error::Read)?;
-    let header = Header::parse(&cluster0)?;
+    let cluster0 = stream.read_up_to(1 << cluster_bits).map_err(read_error)?;
+    let header = Header::parse(&cluster0).map_err(|e| ImageError::format("qcow2", e))?;
     if header.is_marked_corrupt() {
         tracing::warn!("the image is marked corrupt; converting anyway, every mapping is checked");
     }
-    reader::Engine::new(header, cluster0.len() as u64, sink, options).run(stream)
+    let mut tables = Qcow2Tables::new(header);
+    let engine = run_engine(&mut tables, cluster0.len() as u64, stream, sink, options)?;
+    let h = tables.header();
+    let compressed = engine.compressed_units;
+    Ok(ImageSummary::from_engine("qcow2", h.virtual_size, engine)
+        .with_subformat(format!("v{}", h.version))
+        .detail("version", "qcow2 version", h.version)
+        .detail("cluster_size", "cluster size", h.cluster_size())
+        .detail("features", "features", h.feature_names())
+        .detail(
+            "cluster_compression",
+            "cluster compression",
+            serde_json::json!(h.compression),
+        )
+        .detail("refcount_bits", "refcount bits", 1u64 << h.refcount_order)
+        .detail("l2_tables", "L2 tables", tables.l2_tables())
+        .detail("compressed_clusters", "compressed clusters", compressed)
+        .detail("snapshots", "internal snapshots", h.nb_snapshots))
 }

@@ -3,6 +3,7 @@
 
 use super::error::Qcow2Error;
 use super::header::Header;
+pub use crate::format::engine::Mapping;
 
 const L1_OFFSET_MASK: u64 = 0x00FF_FFFF_FFFF_FE00;
 const L2_OFFSET_MASK: u64 = 0x00FF_FFFF_FFFF_FE00;
@@ -43,34 +44,6 @@ pub fn l1_entry(header: &Header, index: u64, raw: u64) -> Result<Option<u64>, Qc
         return Err(bad("it is inside the refcount table"));
     }
     Ok(Some(offset))
-}
-
-/// What one run of guest bytes holds, from one L2 entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mapping {
-    /// Not allocated: reads as zeroes. `host` is set for an extended-L2 cluster
-    /// that has a host cluster but this subcluster is not allocated in it.
-    Unallocated {
-        /// Host offset of the bytes, if a host cluster is assigned.
-        host: Option<u64>,
-    },
-    /// Reads as zeroes by flag; `host` is a preallocation that is not read.
-    Zero {
-        /// Host offset of the preallocated bytes, if any.
-        host: Option<u64>,
-    },
-    /// Stored uncompressed at this host offset.
-    Data {
-        /// Host offset.
-        host: u64,
-    },
-    /// Stored compressed: `len` bytes from `host` decompress to one cluster.
-    Compressed {
-        /// Host byte offset of the compressed stream.
-        host: u64,
-        /// Bytes to read (an upper bound; the stream may end earlier).
-        len: u64,
-    },
 }
 
 /// A decoded L2 entry: one mapping for the whole cluster, or 32 for subclusters.

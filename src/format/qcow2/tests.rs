@@ -4,8 +4,9 @@
 
 use bytes::Bytes;
 
-use super::{convert_stream, Qcow2Error, StreamOptions};
+use super::{convert_stream, Qcow2Error};
 use crate::extent::{Extent, ExtentKind};
+use crate::format::engine::{ImageError, StreamError, StreamOptions};
 use crate::sink::{ExtentSink, SinkError, SinkSummary};
 use crate::stream::ChunkStream;
 
@@ -86,7 +87,7 @@ impl Image {
     }
 }
 
-fn convert(image: &[u8], options: &StreamOptions) -> Result<Vec<u8>, Qcow2Error> {
+fn convert(image: &[u8], options: &StreamOptions) -> Result<Vec<u8>, ImageError> {
     let mut stream = ChunkStream::from_bytes(Bytes::copy_from_slice(image));
     let mut sink = MemorySink::default();
     convert_stream(&mut stream, &mut sink, options)?;
@@ -175,9 +176,10 @@ fn huge_l1_claims_do_not_allocate_and_end_as_truncation() {
     // 2 TiB of guest space needs 4096 L1 entries; the file ends after the header.
     let mut img = Image::new(2 << 40, 2, 4096, 1);
     img.bytes.truncate(CLUSTER as usize);
-    match convert(&img.bytes, &StreamOptions::default()) {
-        Err(Qcow2Error::Truncated { what, .. }) => assert!(what.contains("L1"), "{what}"),
-        other => panic!("expected a truncation error, got {other:?}"),
+    let err = convert(&img.bytes, &StreamOptions::default()).unwrap_err();
+    match err.as_stream() {
+        Some(StreamError::Truncated { what, .. }) => assert!(what.contains("L1"), "{what}"),
+        _ => panic!("expected a truncation error, got {err:?}"),
     }
 }
 
@@ -212,7 +214,10 @@ fn an_image_cut_inside_a_data_cluster_is_an_error_not_zeroes() {
     img.fill(4, 0x11);
     img.bytes.truncate((4 * CLUSTER + 100) as usize);
     let err = convert(&img.bytes, &StreamOptions::default()).unwrap_err();
-    assert!(matches!(err, Qcow2Error::Truncated { .. }), "{err}");
+    assert!(
+        matches!(err.as_stream(), Some(StreamError::Truncated { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -223,7 +228,10 @@ fn without_scratch_space_a_spill_is_refused_as_scratch_required() {
         ..StreamOptions::default()
     };
     let err = convert(&tables_at_end().bytes, &options).unwrap_err();
-    assert!(matches!(err, Qcow2Error::ScratchRequired { .. }), "{err}");
+    assert!(
+        matches!(err.as_stream(), Some(StreamError::ScratchRequired { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -258,11 +266,12 @@ fn compressed_clusters_pending_beyond_the_budget_are_refused() {
         memory_budget: 0,
         ..StreamOptions::default()
     };
-    match convert(&img.bytes, &options) {
-        Err(Qcow2Error::MemoryBudget { what, .. }) => {
+    let err = convert(&img.bytes, &options).unwrap_err();
+    match err.as_stream() {
+        Some(StreamError::MemoryBudget { what, .. }) => {
             assert!(what.contains("compressed"), "{what}")
         }
-        other => panic!("expected the memory budget to refuse, got {other:?}"),
+        _ => panic!("expected the memory budget to refuse, got {err:?}"),
     }
 }
 
@@ -271,11 +280,40 @@ fn table_offsets_beyond_2_pow_56_are_refused() {
     for (field, what) in [(48, "refcount table"), (40, "L1 table")] {
         let mut img = Image::new(CLUSTER, 2, 1, 3);
         img.set_u64(field, 0xFFFF_FFFF_FFFF_0000);
-        match convert(&img.bytes, &StreamOptions::default()) {
-            Err(e @ Qcow2Error::TableOffsetOutOfRange { .. }) => {
+        let err = convert(&img.bytes, &StreamOptions::default()).unwrap_err();
+        match err.downcast_format::<Qcow2Error>() {
+            Some(e @ Qcow2Error::TableOffsetOutOfRange { .. }) => {
                 assert!(e.to_string().starts_with(what), "{e}")
             }
-            other => panic!("expected {what} out of range, got {other:?}"),
+            _ => panic!("expected {what} out of range, got {err:?}"),
         }
     }
+}
+
+#[test]
+fn an_l1_size_qemu_refuses_is_refused_even_if_few_entries_are_needed() {
+    let mut img = Image::new(CLUSTER, 2, 1, 3);
+    img.bytes[36..40].copy_from_slice(&((4u32 << 20) + 1).to_be_bytes());
+    let err = convert(&img.bytes, &StreamOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_format::<Qcow2Error>(),
+            Some(Qcow2Error::L1TooLarge { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("too large"), "{err}");
+}
+
+#[test]
+fn data_mapped_onto_a_refcount_block_is_refused() {
+    // The refcount table (cluster 1) names a refcount block at cluster 4; an L2
+    // entry maps guest data onto it.
+    let mut img = Image::new(2 * CLUSTER, 2, 1, 6);
+    img.set_u64(CLUSTER, 4 * CLUSTER);
+    img.l1(2, 0, 3);
+    img.l2(3, 0, 5);
+    img.l2(3, 1, 4);
+    let err = convert(&img.bytes, &StreamOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("refcount block"), "{err}");
 }

@@ -1,10 +1,37 @@
-//! The allocation map of a qcow2 image, in the shape `qemu-img map
-//! --output=json` prints, so the two can be compared. Pieces arrive in stream
+//! The allocation map of an image, in the shape `qemu-img map --output=json`
+//! prints, so the two can be compared (moved here from the qcow2 reader: every
+//! format records its pieces the same way). Pieces arrive in stream
 //! order (L2 table by L2 table); [`MapBuilder::finish`] sorts and merges them as
 //! qemu does: neighbours merge when all flags agree and, where both have a host
 //! offset, the offsets are contiguous.
 
-use super::table::Mapping;
+/// What one run of guest bytes holds, as a format's table says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// Not allocated: reads as zeroes. `host` is set where a host unit is assigned
+    /// but this part is not allocated in it (qcow2 subclusters).
+    Unallocated {
+        /// Host offset of the bytes, if a host unit is assigned.
+        host: Option<u64>,
+    },
+    /// Reads as zeroes by flag; `host` is a preallocation that is not read.
+    Zero {
+        /// Host offset of the preallocated bytes, if any.
+        host: Option<u64>,
+    },
+    /// Stored uncompressed at this host offset.
+    Data {
+        /// Host offset.
+        host: u64,
+    },
+    /// Stored compressed: `len` bytes from `host` decompress to one unit.
+    Compressed {
+        /// Host byte offset of the compressed stream.
+        host: u64,
+        /// Bytes to read (an upper bound; the stream may end earlier).
+        len: u64,
+    },
+}
 
 /// One run of the allocation map.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -1,6 +1,6 @@
 //! Bytes of the stream that no table has claimed yet ("unknown" bytes in
-//! `architecture.md`): kept until every L2 table has been read, because an L2
-//! table that arrives later may map them. Held in memory up to a budget, then
+//! `architecture.md`): kept until every table has been read, because a table
+//! that arrives later may map them (moved here from the qcow2 reader). Held in memory up to a budget, then
 //! appended to a spill file in the scratch directory. Pieces are stored in
 //! stream order, so lookups are binary searches.
 
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 
-use super::error::Qcow2Error;
+use super::error::StreamError;
 
 /// Where unclaimed bytes wait.
 pub struct Retained {
@@ -58,7 +58,7 @@ impl Retained {
     }
 
     /// Keeps `bytes`, which sit at stream `offset` (after everything kept so far).
-    pub fn keep(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Qcow2Error> {
+    pub fn keep(&mut self, offset: u64, bytes: &[u8]) -> Result<(), StreamError> {
         if bytes.is_empty() {
             return Ok(());
         }
@@ -69,11 +69,11 @@ impl Retained {
             return Ok(());
         }
         let Some(dir) = &self.scratch_dir else {
-            return Err(Qcow2Error::ScratchRequired {
+            return Err(StreamError::ScratchRequired {
                 budget: self.budget,
             });
         };
-        let spill_error = |source| Qcow2Error::Spill {
+        let spill_error = |source| StreamError::Spill {
             dir: dir.display().to_string(),
             source,
         };
@@ -102,7 +102,7 @@ impl Retained {
     }
 
     /// Copies out `[start, end)` if every byte of it was kept; `None` otherwise.
-    pub fn take(&self, start: u64, end: u64) -> Result<Option<Bytes>, Qcow2Error> {
+    pub fn take(&self, start: u64, end: u64) -> Result<Option<Bytes>, StreamError> {
         let mut out = BytesMut::with_capacity((end - start) as usize);
         let mut at = start;
         while at < end {
@@ -129,7 +129,7 @@ impl Retained {
             spill
                 .file
                 .read_exact_at(&mut buf, file_off + from)
-                .map_err(|source| Qcow2Error::Spill {
+                .map_err(|source| StreamError::Spill {
                     dir: self
                         .scratch_dir
                         .as_ref()
@@ -142,7 +142,7 @@ impl Retained {
         Ok(Some(out.freeze()))
     }
 
-    /// Drops everything: once every L2 table is read, nothing unclaimed matters.
+    /// Drops everything: once every table is read, nothing unclaimed matters.
     pub fn clear(&mut self) {
         self.memory = Vec::new();
         self.memory_bytes = 0;
