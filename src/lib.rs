@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod sink;
 pub mod source;
+pub mod stages;
 pub mod status;
 pub mod stream;
 pub mod tar_guard;

@@ -45,6 +45,10 @@ enum Command {
         /// No progress bar and no summary line.
         #[arg(long, short)]
         quiet: bool,
+        /// Print how long each stage (source, decode, reader, inflate, sink) was
+        /// busy and how long it waited, to find the bottleneck of a run.
+        #[arg(long)]
+        stats: bool,
     },
     /// Run one CDI import from the environment the CDI controller sets
     /// (IMPORTER_SOURCE, IMPORTER_ENDPOINT, ...), as the importer pod's
@@ -201,7 +205,8 @@ fn main() -> ExitCode {
             tuning,
             source_args,
             quiet,
-        } => convert(&source, &target, &tuning, &source_args, quiet),
+            stats,
+        } => convert(&source, &target, &tuning, &source_args, quiet, stats),
         Command::Info {
             source,
             json,
@@ -324,6 +329,7 @@ fn convert(
     tuning: &Tuning,
     source_args: &SourceArgs,
     quiet: bool,
+    stats: bool,
 ) -> Result<(), String> {
     let started = Instant::now();
     let progress = Arc::new(Progress::default());
@@ -335,6 +341,9 @@ fn convert(
     let result = pipeline::run(input, &mut sink, &tuning.options(false), progress.clone());
     if let Some(bar) = bar {
         bar.stop();
+    }
+    if stats {
+        eprint!("{}", progress.stages().table());
     }
     let report = result.map_err(|e| describe_chain(&e))?;
     if !quiet {

@@ -6,6 +6,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::decode::{decode_all, Compression};
 use crate::error::Error;
@@ -14,6 +15,7 @@ use crate::format::{probe, ImageSummary, Probed, SNIFF_LEN};
 use crate::progress::Progress;
 use crate::sink::{ExtentSink, SinkSummary};
 use crate::source::SourceOptions;
+use crate::stages::{Stage, TimedRead};
 use crate::stream::ChunkStream;
 
 /// How to run a conversion.
@@ -48,7 +50,7 @@ impl Default for ConvertOptions {
 }
 
 impl ConvertOptions {
-    fn stream_options(&self) -> StreamOptions {
+    fn stream_options(&self, progress: &Progress) -> StreamOptions {
         StreamOptions {
             memory_budget: self.memory_budget,
             scratch_dir: self.scratch_dir.clone(),
@@ -56,6 +58,7 @@ impl ConvertOptions {
             spill_allowed: self.spill_allowed,
             inflate_threads: self.inflate_threads,
             metadata_only: self.metadata_only,
+            stages: Some(progress.stages().clone()),
         }
     }
 }
@@ -99,16 +102,23 @@ pub fn run(
     options: &ConvertOptions,
     progress: Arc<Progress>,
 ) -> Result<Report, Error> {
+    let stages = progress.stages().clone();
+    let source = Box::new(TimedRead::new(source, stages.clone(), Stage::Source));
     let (compression, decoded) = decode_all(source)?;
+    let stream_options = options.stream_options(&progress);
     let mut stream = ChunkStream::spawn(decoded, progress);
     let head = stream.peek(SNIFF_LEN).map_err(Error::Read)?;
     let reader = match probe(&head) {
         Probed::Reader(reader) => reader,
         Probed::Unsupported(name) => return Err(Error::UnsupportedFormat(name)),
     };
+    let started = Instant::now();
+    let waited_before = stages.waiting_time(Stage::Reader);
     let image = reader
-        .convert(&mut stream, sink, &options.stream_options())
+        .convert(&mut stream, sink, &stream_options)
         .map_err(image_error)?;
+    let waited = stages.waiting_time(Stage::Reader) - waited_before;
+    stages.busy(Stage::Reader, started.elapsed().saturating_sub(waited));
     let sink_summary = sink.finish()?;
     Ok(Report {
         compression,

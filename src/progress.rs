@@ -50,9 +50,16 @@ pub struct Progress {
     /// The `KEY=value` environment the image declares (a containerDisk's
     /// config, or the node-pull sidecar's `/info`), for CDI's PVC labels.
     image_env: Mutex<Vec<String>>,
+    /// Busy and waiting time of each stage.
+    stages: Arc<crate::stages::Stages>,
 }
 
 impl Progress {
+    /// The per-stage clocks.
+    pub fn stages(&self) -> &Arc<crate::stages::Stages> {
+        &self.stages
+    }
+
     /// Records the environment the image declares.
     pub fn set_image_env(&self, env: Vec<String>) {
         *self.image_env.lock().unwrap_or_else(|e| e.into_inner()) = env;

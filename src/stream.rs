@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::progress::Progress;
+use crate::stages::{Stage, Stages};
 
 /// Size of the chunks the producer sends.
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -27,6 +28,8 @@ pub struct ChunkStream {
     pushed_back: VecDeque<Bytes>,
     position: u64,
     producer: Option<JoinHandle<()>>,
+    /// Where the time spent waiting for chunks is counted (the reader's wait).
+    stages: Option<Arc<Stages>>,
 }
 
 impl ChunkStream {
@@ -34,12 +37,24 @@ impl ChunkStream {
     /// `progress` is told how many decoded bytes were produced.
     pub fn spawn(mut input: Box<dyn Read + Send>, progress: Arc<Progress>) -> Self {
         let (sender, receiver) = sync_channel(CHANNEL_DEPTH);
+        let stages = progress.stages().clone();
+        let consumer_stages = stages.clone();
         let producer = std::thread::Builder::new()
             .name("decode".into())
             .spawn(move || {
                 let pool = BufferPool::new();
                 loop {
-                    match pool.read_chunk(&mut *input, CHUNK_SIZE) {
+                    // The source's reads run inside the decoder's: its share is
+                    // taken out of the decoder's busy time.
+                    let started = std::time::Instant::now();
+                    let source_before = stages.busy_time(Stage::Source);
+                    let read = pool.read_chunk(&mut *input, CHUNK_SIZE);
+                    let source_share = stages.busy_time(Stage::Source) - source_before;
+                    stages.busy(
+                        Stage::Decode,
+                        started.elapsed().saturating_sub(source_share),
+                    );
+                    match read {
                         Ok(chunk) if chunk.is_empty() => {
                             // The end marker: without it the consumer takes a
                             // closed channel for a decoder that died.
@@ -48,7 +63,9 @@ impl ChunkStream {
                         }
                         Ok(chunk) => {
                             progress.add_decoded(chunk.len() as u64);
-                            if sender.send(Ok(chunk)).is_err() {
+                            let sent =
+                                stages.time_waiting(Stage::Decode, || sender.send(Ok(chunk)));
+                            if sent.is_err() {
                                 break;
                             }
                         }
@@ -65,6 +82,7 @@ impl ChunkStream {
             pushed_back: VecDeque::new(),
             position: 0,
             producer: Some(producer),
+            stages: Some(consumer_stages),
         }
     }
 
@@ -81,6 +99,7 @@ impl ChunkStream {
             pushed_back,
             position: 0,
             producer: None,
+            stages: None,
         }
     }
 
@@ -95,7 +114,14 @@ impl ChunkStream {
             Some(c) => Some(c),
             None => match &self.receiver {
                 None => None,
-                Some(rx) => match rx.recv() {
+                Some(rx) => match {
+                    let started = std::time::Instant::now();
+                    let got = rx.recv();
+                    if let Some(stages) = &self.stages {
+                        stages.waited(Stage::Reader, started.elapsed());
+                    }
+                    got
+                } {
                     Ok(Ok(c)) if c.is_empty() => {
                         self.receiver = None;
                         None

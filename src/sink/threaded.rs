@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use super::{ExtentSink, SinkError, SinkSummary};
 use crate::extent::Extent;
 use crate::progress::Progress;
+use crate::stages::{Stage, Stages};
 
 /// Extents that may wait for the writer.
 const DEPTH: usize = 8;
@@ -25,24 +26,28 @@ enum Message {
 pub struct ThreadedSink {
     sender: Option<SyncSender<Message>>,
     worker: Option<JoinHandle<Result<SinkSummary, SinkError>>>,
+    /// A full queue is the reader waiting for the sink.
+    stages: Arc<Stages>,
 }
 
 impl ThreadedSink {
     /// Moves `sink` to a new thread; `progress` counts the guest bytes handled.
     pub fn spawn(mut sink: Box<dyn ExtentSink>, progress: Arc<Progress>) -> Self {
         let (sender, receiver) = sync_channel::<Message>(DEPTH);
+        let stages = progress.stages().clone();
+        let reader_stages = stages.clone();
         let worker = std::thread::Builder::new()
             .name("write".into())
             .spawn(move || {
-                for message in receiver {
+                while let Ok(message) = stages.time_waiting(Stage::Sink, || receiver.recv()) {
                     match message {
                         Message::Size(size) => sink.set_size(size)?,
                         Message::Write(extent) => {
                             let len = extent.len();
-                            sink.write(extent)?;
+                            stages.time_busy(Stage::Sink, || sink.write(extent))?;
                             progress.add_written(len);
                         }
-                        Message::Finish => return sink.finish(),
+                        Message::Finish => return stages.time_busy(Stage::Sink, || sink.finish()),
                     }
                 }
                 Err(SinkError::Io {
@@ -55,11 +60,16 @@ impl ThreadedSink {
         ThreadedSink {
             sender: Some(sender),
             worker: Some(worker),
+            stages: reader_stages,
         }
     }
 
     fn send(&mut self, message: Message) -> Result<(), SinkError> {
-        let sent = self.sender.as_ref().map(|s| s.send(message).is_ok());
+        let sent = self.sender.as_ref().map(|s| {
+            self.stages
+                .time_waiting(Stage::Reader, || s.send(message))
+                .is_ok()
+        });
         if sent == Some(true) {
             return Ok(());
         }

@@ -167,6 +167,7 @@ pub struct Claims<'a> {
     /// Threads for compressed units (1: decompress here, no pool).
     inflate_threads: usize,
     pool: Option<InflatePool>,
+    stages: Option<std::sync::Arc<crate::stages::Stages>>,
     /// See [`StreamOptions::metadata_only`].
     metadata_only: bool,
     /// The format said every table it has is claimed (see
@@ -388,6 +389,7 @@ impl<'a> Claims<'a> {
                 n => n,
             },
             pool: None,
+            stages: options.stages.clone(),
             metadata_only: options.metadata_only,
             tables_all_claimed: false,
         }
@@ -809,7 +811,7 @@ impl<'a> Claims<'a> {
                 let by_budget = (self.budget() / per_unit).max(1) as usize;
                 let max_in_flight = (self.inflate_threads * 4).min(by_budget);
                 self.pool = Some(
-                    InflatePool::start(self.inflate_threads, max_in_flight)
+                    InflatePool::start(self.inflate_threads, max_in_flight, self.stages.clone())
                         .map_err(StreamError::Threads)?,
                 );
             }

@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use super::codec::Decoders;
 use super::core::CompressedUnit;
+use crate::stages::{Stage, Stages};
 
 /// A unit to decompress, and how many of its bytes lie inside the disk.
 struct Job {
@@ -40,12 +41,18 @@ pub struct InflatePool {
     threads: Vec<JoinHandle<()>>,
     in_flight: usize,
     max_in_flight: usize,
+    /// The reader waiting for a unit counts as the reader's wait.
+    stages: Option<Arc<Stages>>,
 }
 
 impl InflatePool {
     /// Starts `threads` inflate threads, with at most `max_in_flight` units
     /// outstanding.
-    pub fn start(threads: usize, max_in_flight: usize) -> std::io::Result<Self> {
+    pub fn start(
+        threads: usize,
+        max_in_flight: usize,
+        stages: Option<Arc<Stages>>,
+    ) -> std::io::Result<Self> {
         let max_in_flight = max_in_flight.max(1);
         let (submit, jobs) = mpsc::sync_channel::<Job>(max_in_flight);
         let (done, finished) = mpsc::channel::<Finished>();
@@ -54,9 +61,10 @@ impl InflatePool {
         for n in 0..threads {
             let jobs = Arc::clone(&jobs);
             let done = done.clone();
+            let thread_stages = stages.clone().unwrap_or_default();
             let handle = std::thread::Builder::new()
                 .name(format!("inflate-{n}"))
-                .spawn(move || inflate_thread(&jobs, &done))?;
+                .spawn(move || inflate_thread(&jobs, &done, &thread_stages))?;
             handles.push(handle);
         }
         Ok(InflatePool {
@@ -65,6 +73,7 @@ impl InflatePool {
             threads: handles,
             in_flight: 0,
             max_in_flight,
+            stages,
         })
     }
 
@@ -112,10 +121,14 @@ impl InflatePool {
     }
 
     fn wait_one(&mut self) -> Finished {
+        let started = std::time::Instant::now();
         let done = self
             .finished
             .recv()
             .expect("an inflate thread holds the sender while units are in flight");
+        if let Some(stages) = &self.stages {
+            stages.waited(Stage::Reader, started.elapsed());
+        }
         self.in_flight -= 1;
         done
     }
@@ -131,17 +144,18 @@ impl Drop for InflatePool {
     }
 }
 
-fn inflate_thread(jobs: &Mutex<Receiver<Job>>, done: &mpsc::Sender<Finished>) {
+fn inflate_thread(jobs: &Mutex<Receiver<Job>>, done: &mpsc::Sender<Finished>, stages: &Stages) {
     let mut decoders = Decoders::default();
     loop {
-        let job = match jobs.lock() {
-            Ok(receiver) => receiver.recv(),
-            Err(_) => return,
-        };
-        let Ok(job) = job else {
+        let job = stages.time_waiting(Stage::Inflate, || match jobs.lock() {
+            Ok(receiver) => receiver.recv().ok(),
+            Err(_) => None,
+        });
+        let Some(job) = job else {
             return; // the reader is done
         };
-        if done.send(run_job(&mut decoders, job)).is_err() {
+        let finished = stages.time_busy(Stage::Inflate, || run_job(&mut decoders, job));
+        if done.send(finished).is_err() {
             return;
         }
     }

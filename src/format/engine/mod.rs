@@ -65,6 +65,8 @@ pub struct StreamOptions {
     /// are counted and checked but not read, and the stream is left once every
     /// table is in. Nothing is written to the sink but zeroes.
     pub metadata_only: bool,
+    /// Where the inflate threads count their busy and idle time.
+    pub stages: Option<std::sync::Arc<crate::stages::Stages>>,
 }
 
 impl Default for StreamOptions {
@@ -76,6 +78,7 @@ impl Default for StreamOptions {
             collect_map: false,
             inflate_threads: 0,
             metadata_only: false,
+            stages: None,
         }
     }
 }

@@ -1,8 +1,10 @@
-//! `info` reads only what it needs: without `--map` or `--scan` it stops once the
-//! image's tables are in, so describing a large image over a slow link costs its
-//! header and tables, not its data. Shown with a pipe: the writer can push only as
-//! much as diskimport reads (plus the pipe and channel buffers) before diskimport
-//! exits and the next write fails; no timing is involved.
+//! What the CLI reports about a run:
+//! - `info` reads only what it needs: without `--map` or `--scan` it stops once the
+//!   image's tables are in, so describing a large image over a slow link costs its
+//!   header and tables, not its data. Shown with a pipe: the writer can push only as
+//!   much as diskimport reads (plus the pipe and channel buffers) before diskimport
+//!   exits and the next write fails; no timing is involved.
+//! - `convert --stats` prints each stage's busy and waiting time.
 
 mod common;
 
@@ -78,7 +80,7 @@ fn info_stops_once_the_tables_are_in() {
         bytes.len()
     );
     note(&format!(
-        "info_reads: info --json took {} KiB of a {} MiB image",
+        "cli_reporting: info --json took {} KiB of a {} MiB image",
         written >> 10,
         bytes.len() >> 20
     ));
@@ -89,4 +91,41 @@ fn info_stops_once_the_tables_are_in() {
     let info: serde_json::Value = serde_json::from_slice(&scan.stdout).unwrap();
     assert_eq!(info["read_to_end"], true, "{info}");
     assert_eq!(info["nonzero_bytes"].as_u64(), Some(192 << 20), "{info}");
+}
+
+#[test]
+fn convert_stats_name_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = data_heavy_qcow2(dir.path());
+    let target = dir.path().join("out.raw");
+    let run = diskimport(&[
+        "convert",
+        "--quiet",
+        "--stats",
+        image.to_str().unwrap(),
+        target.to_str().unwrap(),
+    ]);
+    assert!(run.ok(), "{}", run.describe());
+    let stderr = run.stderr.clone();
+    for stage in ["source", "decode", "reader", "inflate", "sink"] {
+        let line = stderr
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(stage))
+            .unwrap_or_else(|| panic!("no {stage} line in {stderr}"));
+        let fields: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        assert_eq!(fields.len(), 2, "{line}");
+    }
+    // 192 MiB went through the sink: it was busy for some time.
+    let sink: f64 = stderr
+        .lines()
+        .find(|l| l.starts_with("sink"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sink > 0.0, "{stderr}");
 }
