@@ -114,14 +114,7 @@ impl ChunkStream {
             Some(c) => Some(c),
             None => match &self.receiver {
                 None => None,
-                Some(rx) => match {
-                    let started = std::time::Instant::now();
-                    let got = rx.recv();
-                    if let Some(stages) = &self.stages {
-                        stages.waited(Stage::Reader, started.elapsed());
-                    }
-                    got
-                } {
+                Some(rx) => match self.timed_recv(rx) {
                     Ok(Ok(c)) if c.is_empty() => {
                         self.receiver = None;
                         None
@@ -140,6 +133,19 @@ impl ChunkStream {
             self.position += c.len() as u64;
         }
         Ok(chunk)
+    }
+
+    /// Waits for the producer's next chunk, counting the wait as the reader's.
+    fn timed_recv(
+        &self,
+        rx: &Receiver<io::Result<Bytes>>,
+    ) -> Result<io::Result<Bytes>, std::sync::mpsc::RecvError> {
+        let started = std::time::Instant::now();
+        let got = rx.recv();
+        if let Some(stages) = &self.stages {
+            stages.waited(Stage::Reader, started.elapsed());
+        }
+        got
     }
 
     /// Gives back the tail of the chunk last returned, to be returned again next.
