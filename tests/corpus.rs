@@ -76,7 +76,7 @@ const CORPUS: &[(&str, Expect)] = &[
     ("sleuthkit/image.qcow", Refuse(&["version 1"])), // "qcow (version 1)"
     // Formats not (yet) converted: refuse, naming the format.
     ("qemu-sample-images/hyperv2012r2-dynamic.vhd", QemuVpc), // "win ": current size
-    ("qemu-sample-images/virtualpc-dynamic.vhd", QemuVpc),   // "vpc ": CHS geometry
+    ("qemu-sample-images/virtualpc-dynamic.vhd", QemuVpc),    // "vpc ": CHS geometry
     ("dfvfs/ext2.vhd", QemuVpc),
     ("dfvfs/image.vhd", Refuse(FOOTER_CHECKSUM)), // qemu: "Incorrect header checksum"
     ("dfvfs/image-differential.vhd", Refuse(FOOTER_CHECKSUM)),
@@ -245,7 +245,11 @@ fn compare_large_or_small(actual: &Path, expected: &Path) -> Result<(), String> 
         return compare_files(actual, expected);
     }
     if len(actual) != len(expected) {
-        return Err(format!("size {} but expected {}", len(actual), len(expected)));
+        return Err(format!(
+            "size {} but expected {}",
+            len(actual),
+            len(expected)
+        ));
     }
     let run = qemu_img(&[
         std::ffi::OsStr::new("compare"),

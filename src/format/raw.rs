@@ -203,7 +203,7 @@ mod tests {
         // 1000 bytes, then 300 more, then the end: 512 held.
         let first = held.push(Bytes::from(vec![1u8; 1000]), 0);
         assert_eq!(data(&first), vec![(0, vec![1u8; 1000])]);
-        let second = held.push(Bytes::from(vec![2u8; 300]), 212);
+        let second = held.push(Bytes::from(vec![2u8; 300]), 300);
         assert_eq!(data(&second), vec![]);
         let third = held.push(Bytes::from(vec![3u8; 212]), 512);
         assert_eq!(data(&third), vec![]);

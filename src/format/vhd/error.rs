@@ -42,7 +42,9 @@ pub enum VhdError {
         size: u64,
     },
     /// A dynamic footer at the end of a file that has no footer copy at 0.
-    #[error("the footer at the end says the disk is dynamic, but there is no footer copy at offset 0")]
+    #[error(
+        "the footer at the end says the disk is dynamic, but there is no footer copy at offset 0"
+    )]
     NoFooterCopy,
     /// The dynamic header offset is not where a header can be.
     #[error("dynamic header offset {0:#x} is invalid: it must be a multiple of 512, after the footer copy")]

@@ -251,7 +251,9 @@ impl DynamicHeader {
         })
     }
 
-    /// Bytes of a block's sector bitmap: one bit per sector, rounded up to 512.
+    /// Bytes of a block's sector bitmap: one bit per sector, rounded up to 512,
+    /// computed as qemu does (so zero for blocks below 4 KiB, whose bitmap qemu
+    /// does not skip; such blocks are read whole, as qemu reads them).
     pub fn bitmap_size(&self) -> u64 {
         (u64::from(self.block_size) / 512 / 8).next_multiple_of(512)
     }

@@ -58,9 +58,7 @@ pub fn convert_stream(
     options: &StreamOptions,
 ) -> Result<ImageSummary, ImageError> {
     let read_error = |e| ImageError::stream("vhd", StreamError::Read(e));
-    let first = stream
-        .read_up_to(header::FOOTER_LEN)
-        .map_err(read_error)?;
+    let first = stream.read_up_to(header::FOOTER_LEN).map_err(read_error)?;
     let footer = Footer::parse(&first).map_err(|e| ImageError::format("vhd", e))?;
     if footer.disk_type == DiskType::Fixed {
         return Err(ImageError::format("vhd", VhdError::FixedFooterAtStart));

@@ -3,7 +3,8 @@
 //! sector bitmap followed by the block's data. The bitmap is a table per block:
 //! its set bits become data claims, its clear bits zero claims (a sector not
 //! present in a dynamic disk reads as zeros; qemu writes all-ones bitmaps, so
-//! qemu-made images map every sector of an allocated block).
+//! qemu-made images map every sector of an allocated block). In the map, an
+//! unallocated block is "zero" as in `qemu-img map` (a VHD has no backing file).
 //!
 //! Bitmaps are claimed in host order, a window at a time, so that an image with a
 //! million allocated blocks never holds a million pending claims. Once the BAT is
@@ -70,7 +71,9 @@ impl VhdTables {
     }
 
     fn dynamic_header(&self) -> &DynamicHeader {
-        self.header.as_ref().expect("the BAT is read after the header")
+        self.header
+            .as_ref()
+            .expect("the BAT is read after the header")
     }
 
     /// The metadata a block must not overlap, by name.
@@ -92,12 +95,13 @@ impl VhdTables {
         let header = DynamicHeader::parse(bytes, self.disk_size)?;
         let table = header.table_offset;
         let header_at = self.footer.data_offset;
-        let table_end = table
-            .checked_add(header.table_bytes())
-            .ok_or(VhdError::BadTableOffset {
-                offset: table,
-                reason: "the BAT would end past the largest file offset",
-            })?;
+        let table_end =
+            table
+                .checked_add(header.table_bytes())
+                .ok_or(VhdError::BadTableOffset {
+                    offset: table,
+                    reason: "the BAT would end past the largest file offset",
+                })?;
         if table < FOOTER_LEN as u64 {
             return Err(VhdError::BadTableOffset {
                 offset: table,
@@ -135,7 +139,7 @@ impl VhdTables {
             let guest = index * block_size;
             let len = block_size.min(self.disk_size - guest);
             if entry == UNALLOCATED {
-                claims.zero(guest, len, Mapping::Unallocated { host: None })?;
+                claims.zero(guest, len, Mapping::Zero { host: None })?;
                 continue;
             }
             let host = u64::from(entry) * 512;
@@ -145,8 +149,7 @@ impl VhdTables {
             {
                 return Err(VhdError::BlockInMetadata { index, host, what }.into());
             }
-            if (self.blocks.len() as u64 + 1).saturating_mul(claims.claim_cost())
-                > claims.budget()
+            if (self.blocks.len() as u64 + 1).saturating_mul(claims.claim_cost()) > claims.budget()
             {
                 return Err(StreamError::MemoryBudget {
                     budget: claims.budget(),
@@ -176,6 +179,15 @@ impl VhdTables {
         }
         // Nothing but the bitmaps below can be claimed from now on.
         claims.add_garbage(claims.cursor(), u64::MAX)?;
+        if h.bitmap_size() == 0 {
+            // No bitmap to read: every sector of an allocated block is data.
+            for &(host, index) in &self.blocks {
+                let guest = index * block_size;
+                claims.data(guest, host, block_size.min(self.disk_size - guest))?;
+            }
+            self.next_bitmap = self.blocks.len();
+            return Ok(claims.flush_runs()?);
+        }
         while self.next_bitmap < self.blocks.len().min(BITMAP_WINDOW) {
             self.want_next_bitmap(claims)?;
         }
@@ -210,13 +222,7 @@ impl VhdTables {
             if run.set {
                 claims.data(guest + at, data + at, len)?;
             } else {
-                claims.zero(
-                    guest + at,
-                    len,
-                    Mapping::Unallocated {
-                        host: Some(data + at),
-                    },
-                )?;
+                claims.zero(guest + at, len, Mapping::Zero { host: None })?;
             }
         }
         claims.flush_runs()?;
