@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use common::loop_device::LoopDevice;
 use common::*;
 use serde_json::Value;
 
@@ -185,58 +186,6 @@ fn info_json_names_format_subformat_size_and_block_size() {
         }
     }
     finish("vhd info --json", failures);
-}
-
-/// A loop device over a sparse file, filled with random bytes; detached on drop.
-struct LoopDevice {
-    device: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl LoopDevice {
-    fn new(size: u64, sector: u32) -> Option<LoopDevice> {
-        let dir = tempfile::tempdir().unwrap();
-        let backing = dir.path().join("backing.img");
-        std::fs::File::create(&backing)
-            .unwrap()
-            .set_len(size)
-            .unwrap();
-        let out = Command::new("losetup")
-            .args(["-f", "--show", "--sector-size", &sector.to_string()])
-            .arg(&backing)
-            .output();
-        let device = match out {
-            Ok(o) if o.status.success() => {
-                PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string())
-            }
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                    Err(e) => e.to_string(),
-                };
-                if std::env::var_os("CI").is_some() {
-                    panic!("CI is set but no loop device could be made (root needed): {why}");
-                }
-                note(&format!("skipped: no loop device ({why}); run as root"));
-                return None;
-            }
-        };
-        let dev = LoopDevice { device, _dir: dir };
-        let status = Command::new("dd")
-            .args(["if=/dev/urandom", "bs=1M", "status=none", "oflag=direct"])
-            .arg(format!("of={}", dev.device.display()))
-            .arg(format!("count={}", size >> 20))
-            .status()
-            .unwrap();
-        assert!(status.success(), "filling the device");
-        Some(dev)
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
-    }
 }
 
 fn converts_onto_a_device(sector: u32) {
