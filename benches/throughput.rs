@@ -89,6 +89,48 @@ fn qcow2_reader(c: &mut Criterion) {
     group.finish();
 }
 
+/// The VHD reader: a dynamic VHD (2 MiB blocks) and a fixed one (raw reader with
+/// the footer held back) of the same content.
+fn vhd_reader(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = disk_content();
+    let mut group = c.benchmark_group("vhd_reader");
+    group.throughput(Throughput::Bytes(raw.len() as u64));
+    group.sample_size(10);
+    for (name, subformat) in [("dynamic", "dynamic"), ("fixed", "fixed")] {
+        let raw_path = dir.path().join("in.raw");
+        let out = dir.path().join("out.vhd");
+        std::fs::write(&raw_path, &raw).unwrap();
+        let status = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "vpc", "-o"])
+            .arg(format!("subformat={subformat},force_size=on"))
+            .arg(&raw_path)
+            .arg(&out)
+            .status()
+            .expect("qemu-img is needed for the vhd benchmarks");
+        assert!(status.success());
+        let image = Bytes::from(std::fs::read(&out).unwrap());
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut stream = ChunkStream::from_bytes(image.clone());
+                let mut sink = NullSink::default();
+                let reader = match diskimport::format::probe(&image) {
+                    diskimport::format::Probed::Reader(r) => r,
+                    diskimport::format::Probed::Unsupported(n) => panic!("{n}"),
+                };
+                diskimport::format::ImageReader::convert(
+                    reader,
+                    &mut stream,
+                    &mut sink,
+                    &StreamOptions::default(),
+                )
+                .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
 fn decoders(c: &mut Criterion) {
     let raw = disk_content()[..16 * MIB].to_vec();
     let gzip = {
@@ -151,5 +193,12 @@ fn file_sink(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, qcow2_reader, decoders, zero_detection, file_sink);
+criterion_group!(
+    benches,
+    qcow2_reader,
+    vhd_reader,
+    decoders,
+    zero_detection,
+    file_sink
+);
 criterion_main!(benches);
