@@ -3,6 +3,8 @@
 //! the shared corpus.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod loop_device;
+
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
