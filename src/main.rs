@@ -89,6 +89,10 @@ struct Tuning {
     /// Directory for the spill file [default: the system temp directory].
     #[arg(long)]
     scratch_dir: Option<PathBuf>,
+    /// The disk to convert from an OVA that holds several (its file name as
+    /// the OVA's descriptor lists it).
+    #[arg(long, value_name = "NAME")]
+    ova_disk: Option<String>,
 }
 
 /// Options of network sources (http, s3, docker).
@@ -165,6 +169,7 @@ impl Tuning {
         let mut options = ConvertOptions {
             memory_budget: self.memory_budget,
             collect_map,
+            ova_disk: self.ova_disk.clone(),
             ..ConvertOptions::default()
         };
         if let Some(dir) = &self.scratch_dir {

@@ -9,6 +9,7 @@
 //! - one folder (or file) per format.
 
 pub mod engine;
+pub mod ova;
 pub mod qcow2;
 pub mod raw;
 pub mod registry;
