@@ -95,10 +95,13 @@ fn several_disks_are_refused_naming_them_unless_one_is_chosen() {
     }
 }
 
+/// A defective OVA, and what its refusal must be.
+type Case = (&'static str, Vec<u8>, fn(&OvaError) -> bool);
+
 #[test]
 fn ova_level_defects_are_refused() {
     let one = ovf(&[("f", "d.img")], &["f"]);
-    let cases: Vec<(&str, Vec<u8>, fn(&OvaError) -> bool)> = vec![
+    let cases: Vec<Case> = vec![
         ("empty tar", tar(&[]), |e| {
             matches!(e, OvaError::Empty | OvaError::Tar(_))
         }),

@@ -212,10 +212,13 @@ fn an_empty_image_converts_to_nothing() {
     assert_eq!(summary.virtual_size, 0);
 }
 
+/// A defective image, and what its refusal must be.
+type Case = (&'static str, Image, fn(&VdiError) -> bool);
+
 #[test]
 fn header_defects_are_refused_naming_the_field() {
     let base = Image::dynamic(&[0, 0xFFFF_FFFF], 1);
-    let cases: Vec<(&str, Image, fn(&VdiError) -> bool)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "differencing",
             Image {
