@@ -193,8 +193,74 @@ fn file_sink(c: &mut Criterion) {
     group.finish();
 }
 
+/// The VDI reader on dynamic and static images made with qemu-img from the same
+/// content, and the same dynamic image inside an OVA (through the pipeline, so
+/// the tar thread and the re-probe are measured too).
+fn vdi_reader(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = disk_content();
+    let raw_path = dir.path().join("in.raw");
+    std::fs::write(&raw_path, &raw).unwrap();
+    let mut group = c.benchmark_group("vdi_reader");
+    group.throughput(Throughput::Bytes(raw.len() as u64));
+    group.sample_size(10);
+    let mut dynamic = Bytes::new();
+    for (name, extra) in [("dynamic", vec![]), ("static", vec!["-o", "static=on"])] {
+        let out = dir.path().join(format!("{name}.vdi"));
+        let status = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "vdi"])
+            .args(&extra)
+            .arg(&raw_path)
+            .arg(&out)
+            .status()
+            .expect("qemu-img is needed for the VDI benchmarks");
+        assert!(status.success());
+        let image = Bytes::from(std::fs::read(out).unwrap());
+        if name == "dynamic" {
+            dynamic = image.clone();
+        }
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut stream = ChunkStream::from_bytes(image.clone());
+                let mut sink = NullSink::default();
+                diskimport::format::vdi::convert_stream(
+                    &mut stream,
+                    &mut sink,
+                    &StreamOptions::default(),
+                )
+                .unwrap()
+            })
+        });
+    }
+    let mut ova = tar::Builder::new(Vec::new());
+    for (name, body) in [
+        ("vm.ovf", &br#"<Envelope><References><File ovf:id="f" ovf:href="d.vdi"/></References><DiskSection><Disk ovf:fileRef="f"/></DiskSection></Envelope>"#[..]),
+        ("d.vdi", &dynamic[..]),
+    ] {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        ova.append_data(&mut header, name, body).unwrap();
+    }
+    let ova = ova.into_inner().unwrap();
+    group.bench_function("ova_dynamic", |b| {
+        b.iter(|| {
+            let mut sink = NullSink::default();
+            diskimport::pipeline::run(
+                Box::new(std::io::Cursor::new(ova.clone())),
+                &mut sink,
+                &diskimport::pipeline::ConvertOptions::default(),
+                Default::default(),
+            )
+            .unwrap()
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    vdi_reader,
     qcow2_reader,
     vhd_reader,
     decoders,

@@ -102,6 +102,10 @@ struct Tuning {
     /// available core, as the CPU quota allows).
     #[arg(long, default_value_t = 0)]
     inflate_threads: usize,
+    /// The disk to convert from an OVA that holds several (its file name as
+    /// the OVA's descriptor lists it).
+    #[arg(long, value_name = "NAME")]
+    ova_disk: Option<String>,
 }
 
 /// Options of network sources (http, s3, docker).
@@ -179,6 +183,7 @@ impl Tuning {
             memory_budget: self.memory_budget,
             collect_map,
             inflate_threads: self.inflate_threads,
+            ova_disk: self.ova_disk.clone(),
             ..ConvertOptions::default()
         };
         if let Some(dir) = &self.scratch_dir {

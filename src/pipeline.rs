@@ -1,6 +1,7 @@
 //! Wires the stages together: open the source, peel compression wrappers, ask the
 //! format registry which reader the decoded bytes are for, and run that reader into
-//! the sink. The decoder runs on its own thread (`stream`), the sink on another
+//! the sink. An OVA (a tar of a descriptor and disks) is opened here, like a
+//! wrapper: its chosen disk's bytes go through the registry's probe again. The decoder runs on its own thread (`stream`), the sink on another
 //! (`sink::threaded`), the format reader on the caller's.
 
 use std::io::Read;
@@ -11,6 +12,7 @@ use std::time::Instant;
 use crate::decode::{decode_all, Compression};
 use crate::error::Error;
 use crate::format::engine::{ImageError, StreamError, StreamOptions};
+use crate::format::ova::{self, OvaError};
 use crate::format::{probe, ImageSummary, Probed, SNIFF_LEN};
 use crate::progress::Progress;
 use crate::sink::{ExtentSink, SinkSummary};
@@ -33,6 +35,9 @@ pub struct ConvertOptions {
     pub inflate_threads: usize,
     /// Read only the image's tables (see [`StreamOptions::metadata_only`]).
     pub metadata_only: bool,
+    /// Which disk of an OVA holding several to convert (its file name in the
+    /// OVA); an OVA with one disk needs none.
+    pub ova_disk: Option<String>,
 }
 
 impl Default for ConvertOptions {
@@ -45,6 +50,7 @@ impl Default for ConvertOptions {
             spill_allowed: true,
             inflate_threads: stream.inflate_threads,
             metadata_only: false,
+            ova_disk: None,
         }
     }
 }
@@ -108,15 +114,18 @@ pub fn run(
     let stream_options = options.stream_options(&progress);
     let mut stream = ChunkStream::spawn(decoded, progress);
     let head = stream.peek(SNIFF_LEN).map_err(Error::Read)?;
-    let reader = match probe(&head) {
-        Probed::Reader(reader) => reader,
-        Probed::Unsupported(name) => return Err(Error::UnsupportedFormat(name)),
-    };
     let started = Instant::now();
     let waited_before = stages.waiting_time(Stage::Reader);
-    let image = reader
-        .convert(&mut stream, sink, &stream_options)
-        .map_err(image_error)?;
+    let image = if ova::probe(&head) {
+        ova::read_disk(
+            &mut stream,
+            options.ova_disk.as_deref(),
+            |disk_stream, disk| convert_ova_disk(disk_stream, disk, sink, &stream_options),
+        )
+        .map_err(ova_error)??
+    } else {
+        convert_image(&mut stream, &head, sink, &stream_options)?
+    };
     let waited = stages.waiting_time(Stage::Reader) - waited_before;
     stages.busy(Stage::Reader, started.elapsed().saturating_sub(waited));
     let sink_summary = sink.finish()?;
@@ -125,6 +134,45 @@ pub fn run(
         image,
         sink: sink_summary,
     })
+}
+
+/// Probes the decoded image from its first bytes `head` and converts it.
+fn convert_image(
+    stream: &mut ChunkStream,
+    head: &[u8],
+    sink: &mut dyn ExtentSink,
+    options: &StreamOptions,
+) -> Result<ImageSummary, Error> {
+    let reader = match probe(head) {
+        Probed::Reader(reader) => reader,
+        Probed::Unsupported(name) => return Err(Error::UnsupportedFormat(name)),
+    };
+    reader
+        .convert(stream, sink, options)
+        .map_err(image_error)
+}
+
+/// Converts the disk an OVA yields: probed like any image (an OVA inside is
+/// refused); the summary names the OVA disk.
+fn convert_ova_disk(
+    stream: &mut ChunkStream,
+    disk: &ova::OvaDisk,
+    sink: &mut dyn ExtentSink,
+    options: &StreamOptions,
+) -> Result<ImageSummary, Error> {
+    let head = stream.peek(SNIFF_LEN).map_err(Error::Read)?;
+    if ova::probe(&head) {
+        return Err(ova_error(OvaError::Nested {
+            name: disk.name.clone(),
+        }));
+    }
+    Ok(convert_image(stream, &head, sink, options)?
+        .detail("container", "container", "ova")
+        .detail("ova_disk", "OVA disk", disk.name.clone()))
+}
+
+fn ova_error(error: OvaError) -> Error {
+    Error::Image(ImageError::format("ova", error))
 }
 
 /// A read error is the input's (source or decoder) and a sink error the target's,

@@ -10,7 +10,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -84,6 +84,22 @@ impl ChunkStream {
             producer: Some(producer),
             stages: Some(consumer_stages),
         }
+    }
+
+    /// A stream fed by another stage (a container reader such as OVA, sending one
+    /// member's bytes): the sender sends chunks in order, then an empty chunk as
+    /// the end marker, or an error to stop the stream. Bounded like
+    /// [`spawn`](Self::spawn)'s channel; dropping the stream makes sends fail.
+    pub fn channel() -> (SyncSender<io::Result<Bytes>>, Self) {
+        let (sender, receiver) = sync_channel(CHANNEL_DEPTH);
+        let stream = ChunkStream {
+            receiver: Some(receiver),
+            pushed_back: VecDeque::new(),
+            position: 0,
+            producer: None,
+            stages: None,
+        };
+        (sender, stream)
     }
 
     /// A stream over bytes already in memory (tests, fuzzing, benchmarks).

@@ -9,12 +9,14 @@
 //! - one folder (or file) per format.
 
 pub mod engine;
+pub mod ova;
 pub mod qcow2;
 pub mod raw;
 pub mod registry;
 pub mod sniff;
 pub mod summary;
 pub mod vhd;
+pub mod vdi;
 
 pub use engine::{ImageError, ImageErrorKind, MapEntry, StreamOptions, DEFAULT_MEMORY_BUDGET};
 pub use registry::{probe, ImageReader, Probed};

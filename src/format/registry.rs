@@ -29,6 +29,7 @@ pub trait ImageReader: Sync {
 pub static READERS: &[&dyn ImageReader] = &[
     &super::qcow2::Qcow2Reader,
     &super::vhd::VhdReader,
+    &super::vdi::VdiReader,
     &super::raw::IsoReader,
 ];
 

@@ -3,6 +3,8 @@
 //! the shared corpus.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod loop_device;
+
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -13,8 +15,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-
-pub mod loop_device;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_diskimport");
