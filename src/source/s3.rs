@@ -159,6 +159,7 @@ pub fn open(
         net: net.clone(),
         client,
         location,
+        verify_checksum: std::sync::atomic::AtomicBool::new(false),
     });
     let head = {
         let opener = opener.clone();
@@ -166,6 +167,9 @@ pub fn open(
     };
     tracing::debug!(object = %opener.location.object(), size = head.size, "s3 object found");
     progress.set_source_total(head.size);
+    opener
+        .verify_checksum
+        .store(head.verifiable, std::sync::atomic::Ordering::Relaxed);
     let first = {
         let (net, opener) = (net.clone(), opener.clone());
         block_on(async move { open_first(&net, &*opener).await })
@@ -396,6 +400,9 @@ impl HttpConnector for ReqwestConnector {
 
 struct Head {
     size: u64,
+    /// The object has a full-object checksum the SDK can verify on a whole
+    /// GetObject (a multipart object's part-level checksum it cannot).
+    verifiable: bool,
 }
 
 /// HeadObject; when it fails, a one-byte GetObject names the S3 error code
@@ -406,6 +413,7 @@ async fn head(client: &aws_sdk_s3::Client, location: &Location) -> Result<Head, 
         .head_object()
         .bucket(&location.bucket)
         .key(&location.key)
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
         .send()
         .await;
     match result {
@@ -422,7 +430,15 @@ async fn head(client: &aws_sdk_s3::Client, location: &Location) -> Result<Head, 
                 }));
                 (failure, false)
             })?;
-            Ok(Head { size })
+            let checksums = [
+                out.checksum_crc32(),
+                out.checksum_crc32_c(),
+                out.checksum_crc64_nvme(),
+                out.checksum_sha1(),
+                out.checksum_sha256(),
+            ];
+            let verifiable = !checksums.iter().flatten().any(|c| c.contains('-'));
+            Ok(Head { size, verifiable })
         }
         Err(head_error) if transient(&head_error) => {
             Err((request_error(location, "HeadObject", &head_error), true))
@@ -532,6 +548,8 @@ struct S3Opener {
     net: Arc<Net>,
     client: aws_sdk_s3::Client,
     location: Location,
+    /// Ask the SDK to verify the checksum of whole-object reads.
+    verify_checksum: std::sync::atomic::AtomicBool,
 }
 
 impl S3Opener {
@@ -631,6 +649,14 @@ impl Opener for S3Opener {
             if let Some(etag) = &identity.validators.etag {
                 request = request.if_match(etag);
             }
+            let whole = from == 0 && to.is_none();
+            if whole
+                && self
+                    .verify_checksum
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                request = request.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
+            }
             let output = match tokio::time::timeout(self.net.stall, request.send()).await {
                 Err(_) => {
                     return Err(NetError::Stalled {
@@ -654,13 +680,25 @@ impl Opener for S3Opener {
                 None => (false, 0, length),
             };
             let stall = self.net.stall;
+            let body_end = length.map(|n| start + n);
             let body = futures_util::stream::unfold(
-                (output.body, url, from),
+                (output.body, url, start),
                 move |(mut body, url, offset)| async move {
                     match tokio::time::timeout(stall, body.next()).await {
                         Ok(Some(Ok(chunk))) => {
                             let next = offset + chunk.len() as u64;
                             Some((Ok(chunk), (body, url, next)))
+                        }
+                        // After the last byte: the SDK's checksum check failed.
+                        Ok(Some(Err(error))) if body_end == Some(offset) => {
+                            let error = NetError::Protocol {
+                                url: url.clone(),
+                                detail: format!(
+                                    "the body failed its integrity check (checksum): {}",
+                                    describe_chain(&error)
+                                ),
+                            };
+                            Some((Err(error), (body, url, offset)))
                         }
                         Ok(Some(Err(error))) => {
                             let error = NetError::Transport {

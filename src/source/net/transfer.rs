@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::request::Opened;
 use super::resume::Identity;
-use super::{DisplayUrl, Net, NetError};
+use super::{DisplayUrl, Net, NetError, Retry};
 use crate::error::describe_chain;
 
 /// Size of the chunks handed to the reader (one park/unpark per MiB, not per
@@ -153,8 +153,9 @@ impl Attempt<'_> {
                         _ => Ok(Ended::Done),
                     }
                 }
-                // Every byte arrived; only the end of the response broke.
-                Some(Err(error)) if end == Some(*pos) => {
+                // Every byte arrived; only the end of the response broke (a
+                // final error there, such as a failed checksum, still fails).
+                Some(Err(error)) if end == Some(*pos) && error.retry() != Retry::No => {
                     tracing::debug!(error = %describe_chain(&error), "error after the whole body");
                     return Ok(Ended::Done);
                 }
