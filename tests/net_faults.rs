@@ -753,3 +753,69 @@ fn http_messages_and_log_lines_show_no_credentials_and_no_query() {
     }
     common::finish("no secret in http output", failures);
 }
+
+#[test]
+fn a_large_object_comes_over_parallel_ranges_and_a_dropped_range_is_resumed_alone() {
+    let Some(servers) = require_servers(&["nginx", "htpasswd", "python3"]) else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("net-parallel")
+        .tempdir()
+        .unwrap();
+    let work = dir.path();
+    let www = work.join("www");
+    fs::create_dir_all(&www).unwrap();
+    // 40 MiB, above the size from which ranges are fetched in parallel.
+    let data: Vec<u8> = (0..(40u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    fs::write(www.join("disk.raw"), &data).unwrap();
+    let nginx = servers::Nginx::start(&servers, &work.join("nginx"), &www);
+    let mut failures = Vec::new();
+    // The first connection that carries 3 MB is cut once.
+    let proxy = FaultProxy::start(
+        &servers,
+        &work.join("fp"),
+        nginx.http_port,
+        &[
+            "--drop-after",
+            "3000000",
+            "--drop-times",
+            "0",
+            "--drops",
+            "1",
+        ],
+    );
+    let target = work.join("out.raw");
+    let run = convert(&proxy.url("disk.raw"), &target, &["--connections", "4"]);
+    if !run.ok() || fs::read(&target).map(|t| t != data).unwrap_or(true) {
+        failures.push(format!("parallel download: {}", run.describe()));
+    }
+    let log = nginx.access_log();
+    let ranged = log
+        .lines()
+        .filter(|l| l.contains("GET /disk.raw") && l.contains("\" 206 "))
+        .count();
+    if ranged < 8 {
+        failures.push(format!("only {ranged} ranged GETs in nginx's log:\n{log}"));
+    }
+    if !run.stderr.contains("resuming") {
+        failures.push(format!("no range was resumed: {}", run.describe()));
+    }
+    // One connection: a single GET and no range.
+    let before = nginx.access_log().lines().count();
+    let direct = format!("http://127.0.0.1:{}/disk.raw", nginx.http_port);
+    let run = convert(&direct, &work.join("one.raw"), &["--connections", "1"]);
+    let new: Vec<String> = nginx
+        .access_log()
+        .lines()
+        .skip(before)
+        .map(str::to_string)
+        .collect();
+    if !run.ok() || new.iter().filter(|l| l.contains("GET /disk.raw")).count() != 2 {
+        // The whole object, then the probe for bytes beyond its length.
+        failures.push(format!("--connections 1 made {new:?}: {}", run.describe()));
+    }
+    common::finish("parallel ranges", failures);
+}

@@ -72,7 +72,9 @@ impl RegistryApi {
             authorization: Mutex::new(None),
         };
         match api.authorize().await {
-            Err(NetError::Transport { .. } | NetError::GaveUp { .. }) if insecure => {
+            Err(NetError::Transport { .. } | NetError::Tls { .. } | NetError::GaveUp { .. })
+                if insecure =>
+            {
                 tracing::debug!("https failed; insecure: trying plain http");
                 api.base = base_for("http")?;
                 api.authorize().await?;

@@ -170,12 +170,28 @@ pub fn open(
     opener
         .verify_checksum
         .store(head.verifiable, std::sync::atomic::Ordering::Relaxed);
-    let first = {
+    let mut first = {
         let (net, opener) = (net.clone(), opener.clone());
         block_on(async move { open_first(&net, &*opener).await })
             .map_err(S3Error::Runtime)?
             .map_err(|e| S3Error::Net(Box::new(e)))?
     };
+    // HeadObject's size is the object's: a GET that does not say its length
+    // (close-delimited) must still deliver all of it.
+    match first.total {
+        None => first.total = Some(head.size),
+        Some(total) if total != head.size => {
+            return Err(S3Error::Net(Box::new(NetError::Changed {
+                url: opener.shown(),
+                offset: 0,
+                detail: format!(
+                    "HeadObject said {} bytes, GetObject says {total}",
+                    head.size
+                ),
+            })))
+        }
+        Some(_) => {}
+    }
     let reader =
         BodyReader::start(net, opener, first, Net::plan(options)).map_err(S3Error::Runtime)?;
     Ok(Box::new(reader))

@@ -77,7 +77,7 @@ pub enum NetError {
         expected: u64,
     },
     /// The body is longer than its length, or cannot be completed.
-    #[error("{url}: body does not match its length {expected}: {detail}")]
+    #[error("{url}: body does not match its Content-Length {expected}: {detail}")]
     Length {
         /// Where.
         url: DisplayUrl,

@@ -66,6 +66,8 @@ pub async fn deliver(
     tx: &ChunkSender,
 ) -> Result<(), NetError> {
     let shown = opener.shown();
+    // A first answer without a length learns it from a later 206.
+    let mut identity = identity.clone();
     let mut pos = span.start;
     let mut failures = 0u32;
     let mut pending = BytesMut::new();
@@ -74,11 +76,13 @@ pub async fn deliver(
         let attempt = Attempt {
             net,
             opener,
-            identity,
             span,
             shown: &shown,
         };
-        match attempt.run(&mut pos, first.take(), &mut pending, tx).await {
+        let result = attempt
+            .run(&mut identity, &mut pos, first.take(), &mut pending, tx)
+            .await;
+        match result {
             Ok(Ended::Closed) => return Ok(()),
             Ok(Ended::Done) => break,
             Err(error) => {
@@ -107,7 +111,6 @@ pub async fn deliver(
 struct Attempt<'a> {
     net: &'a Net,
     opener: &'a dyn Opener,
-    identity: &'a Identity,
     span: Span,
     shown: &'a DisplayUrl,
 }
@@ -117,25 +120,46 @@ impl Attempt<'_> {
     /// chunk), advancing `pos`.
     async fn run(
         &self,
+        identity: &mut Identity,
         pos: &mut u64,
         first: Option<Opened>,
         pending: &mut BytesMut,
         tx: &ChunkSender,
     ) -> Result<Ended, NetError> {
-        let end = self.span.end.or(self.identity.total);
-        if end.is_some_and(|end| *pos >= end) {
+        if self
+            .span
+            .end
+            .or(identity.total)
+            .is_some_and(|end| *pos >= end)
+        {
             return Ok(Ended::Done);
         }
         let mut opened = match first {
             Some(opened) => opened,
             None => {
-                self.net
-                    .cancel
-                    .run(self.opener.open(self.identity, *pos, self.span.end))
-                    .await?
+                let opening = self.opener.open(identity, *pos, self.span.end);
+                match self.net.cancel.run(opening).await {
+                    Ok(opened) => opened,
+                    // Resumed past the real end: the length was a lie.
+                    Err(NetError::Status { status: 416, .. }) if *pos > 0 => {
+                        return Err(NetError::Length {
+                            url: self.shown.clone(),
+                            expected: identity.total.unwrap_or(*pos),
+                            detail: format!(
+                                "the connection ended after {} bytes and the server has nothing beyond (HTTP 416)",
+                                *pos
+                            ),
+                        })
+                    }
+                    Err(error) => return Err(error),
+                }
             }
         };
-        let mut skip = self.identity.check(&opened, *pos, self.shown)?;
+        let mut skip = identity.check(&opened, *pos, self.shown)?;
+        if identity.total.is_none() && opened.partial {
+            identity.total = opened.total;
+        }
+        let end = self.span.end.or(identity.total);
         loop {
             let item = self
                 .net
