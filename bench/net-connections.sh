@@ -9,7 +9,8 @@
 # usage: bench/net-connections.sh [WORKDIR] [SIZE]
 #   WORKDIR  where the image and the targets go (default: a new temp directory)
 #   SIZE     image size in MiB (default 2048)
-# env: BENCH_RATE (nginx limit_rate, default 100m), BENCH_RUNS (default 3)
+# env: BENCH_RATE (nginx limit_rate, default 100m), BENCH_RUNS (default 3),
+#      DISKIMPORT_BIN (a built binary; default: build target/release/diskimport)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 servers="$here/../shared/servers"
@@ -17,8 +18,8 @@ work=${1:-$(mktemp -d)}
 size_mib=${2:-2048}
 rate=${BENCH_RATE:-100m}
 runs=${BENCH_RUNS:-3}
-bin="$here/target/release/diskimport"
-(cd "$here" && cargo build --release --quiet)
+bin=${DISKIMPORT_BIN:-$here/target/release/diskimport}
+[ -n "${DISKIMPORT_BIN:-}" ] || (cd "$here" && cargo build --release --quiet)
 mkdir -p "$work/www"
 
 img="$work/www/disk.raw"

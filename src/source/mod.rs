@@ -87,10 +87,7 @@ impl std::fmt::Debug for SourceOptions {
             .field("arch", &self.arch)
             .field(
                 "endpoint",
-                &self
-                    .endpoint
-                    .as_deref()
-                    .map(|e| net::DisplayUrl::of_spec(e)),
+                &self.endpoint.as_deref().map(net::DisplayUrl::of_spec),
             )
             .field("region", &self.region)
             .field("connections", &self.connections)

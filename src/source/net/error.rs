@@ -150,10 +150,10 @@ impl NetError {
     pub fn retry(&self) -> Retry {
         match self {
             NetError::Status {
-                status,
+                status: 408 | 429 | 500..=599,
                 retry_after,
                 ..
-            } if matches!(status, 408 | 429 | 500..=599) => Retry::After(*retry_after),
+            } => Retry::After(*retry_after),
             NetError::Transport { source, .. } if !chain_has::<rustls::Error>(&**source) => {
                 Retry::After(None)
             }
