@@ -147,6 +147,14 @@ struct SourceArgs {
     /// S3 region.
     #[arg(long)]
     region: Option<String>,
+    /// Connections for a parallel ranged download of a large http or S3
+    /// object whose server honours ranges [default: 4; 1 turns it off].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=16))]
+    connections: Option<u16>,
+    /// Seconds a read may wait for a byte before the connection counts as
+    /// dropped and is resumed [default: 30].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    stall_timeout: Option<u64>,
 }
 
 impl SourceArgs {
@@ -173,6 +181,8 @@ impl SourceArgs {
             arch: self.arch.clone(),
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
+            connections: self.connections.map(usize::from),
+            stall_timeout: self.stall_timeout.map(std::time::Duration::from_secs),
         })
     }
 }

@@ -178,6 +178,7 @@ pub fn parse(env: &[(String, String)], root: &Path) -> Result<ImportRequest, Cdi
             arch: (!arch.is_empty()).then_some(arch),
             endpoint: None,
             region: None,
+            ..SourceOptions::default()
         },
         node_pull: super::node_pull::from_env(
             &get("IMPORTER_READY_FILE"),

@@ -7,11 +7,13 @@
 //! - `s3`: `s3://bucket/key`, or CDI's path-style endpoint URL.
 //! - `registry`: `docker://` containerDisk images.
 //! - `checksum`: verifies `--checksum ALGO:HEX` over the bytes as served.
+//! - `net`: the network layer the http, S3 and registry sources share.
 
 pub mod ca_dir;
 pub mod checksum;
 pub mod file;
 pub mod http;
+pub mod net;
 pub mod registry;
 pub mod s3;
 
@@ -35,8 +37,9 @@ pub enum SourceKind {
     Registry,
 }
 
-/// Everything a source may need besides its location.
-#[derive(Debug, Clone, Default)]
+/// Everything a source may need besides its location. Its `Debug` shows no
+/// password and no header value.
+#[derive(Clone, Default)]
 pub struct SourceOptions {
     /// Force the kind instead of deriving it from the scheme.
     pub kind: Option<SourceKind>,
@@ -60,6 +63,37 @@ pub struct SourceOptions {
     pub endpoint: Option<String>,
     /// S3 region.
     pub region: Option<String>,
+    /// Connections for a parallel ranged download (`None`: the default, used
+    /// only for large objects whose server honours ranges).
+    pub connections: Option<usize>,
+    /// How long a read may wait for a byte before the connection counts as
+    /// dropped (`None`: [`net::DEFAULT_STALL_TIMEOUT`]).
+    pub stall_timeout: Option<std::time::Duration>,
+}
+
+impl std::fmt::Debug for SourceOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        let header_names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("SourceOptions")
+            .field("kind", &self.kind)
+            .field("ca_dir", &self.ca_dir)
+            .field("insecure", &self.insecure)
+            .field("username", &self.username)
+            .field("password", &redacted(&self.password))
+            .field("headers (values redacted)", &header_names)
+            .field("proxy_ca_dir", &self.proxy_ca_dir)
+            .field("checksum", &self.checksum)
+            .field("arch", &self.arch)
+            .field(
+                "endpoint",
+                &self.endpoint.as_deref().map(net::DisplayUrl::of_spec),
+            )
+            .field("region", &self.region)
+            .field("connections", &self.connections)
+            .field("stall_timeout", &self.stall_timeout)
+            .finish()
+    }
 }
 
 /// A source that could not be opened or read.
@@ -128,4 +162,28 @@ pub fn open(
         Some(expected) => Box::new(checksum::VerifyingReader::new(counted, expected)),
         None => counted,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_the_options_shows_no_secret() {
+        let options = SourceOptions {
+            username: Some("importer".into()),
+            password: Some("s3cret-pass".into()),
+            headers: vec![("Authorization".into(), "Bearer tok-123".into())],
+            endpoint: Some("https://ak:sk@minio:9000/?X-Amz-Signature=sig".into()),
+            ..SourceOptions::default()
+        };
+        let shown = format!("{options:?}");
+        for secret in ["s3cret-pass", "tok-123", "sk@", "sig"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("importer") && shown.contains("Authorization"),
+            "{shown}"
+        );
+    }
 }

@@ -12,45 +12,42 @@
 //!   a mismatch surfaces as a read error containing "digest mismatch" before
 //!   the end of the stream, so the target is never published.
 //!
-//! Threads: a `registry` thread owns a one-worker tokio runtime (the network
-//! side runs there, chunks arriving over a bounded channel), parses the layer
-//! on blocking reads, and hands the disk's bytes to the consumer over another
+//! - The registry is spoken to through [`registry_api`](self) on the shared
+//!   network layer: retried pings, tokens and manifests (each read with a size
+//!   limit), and layer blobs resumed with ranged GETs after a drop, a reset or
+//!   a stall; the digest check spans the resumes, so a resumed blob is still
+//!   verified as a whole.
+//!
+//! Threads: a `registry` thread parses the layer on blocking reads from the
+//! network layer's reader and hands the disk's bytes to the consumer over a
 //! bounded channel. Memory stays at a few MiB whatever the layer size.
 
 use std::io::{self, Read};
-use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use futures_util::StreamExt;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::manifest::OciDescriptor;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
 use serde::Deserialize;
 
+use super::net::transfer::{open_first, Opener};
+use super::net::{block_on, BodyReader, CaError, CaFiles, DisplayUrl, Net, NetError, Plan};
 use super::SourceOptions;
-use crate::error::describe_chain;
 use crate::progress::Progress;
 
 #[path = "registry_layer.rs"]
 mod layer;
 
+#[path = "registry_api.rs"]
+mod api;
+
+use api::{BlobOpener, RegistryApi};
 use layer::{FoundDisk, LayerError, VerifyingReader};
 
 /// Disk chunks that may wait between the layer walk and the consumer.
 const DISK_QUEUE: usize = 8;
-/// Network chunks that may wait between the runtime and the layer walk.
-const NET_QUEUE: usize = 32;
 /// Largest image config accepted (they are a few KiB).
 const MAX_CONFIG: u64 = 4 << 20;
-/// Connect timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// No byte for this long fails the transfer (CDI's watchdog is 10 minutes).
-const READ_TIMEOUT: Duration = Duration::from_secs(600);
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -61,29 +58,24 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The spec is not a valid image reference.
-    #[error("invalid registry image reference {spec:?}: {reason}")]
+    #[error("invalid registry image reference {spec}: {reason}")]
     Reference {
-        /// The spec as given.
-        spec: String,
+        /// The spec, without credentials or query.
+        spec: DisplayUrl,
         /// Why.
         reason: String,
     },
     /// A CA certificate from --ca-dir could not be used.
-    #[error("CA certificates in {path}: {reason}")]
-    Certificates {
-        /// The file or directory.
-        path: String,
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Certificates(#[from] CaError),
     /// The registry refused the credentials (or wants some).
-    #[error("failed to pull image {reference}: authentication failed (wrong or missing credentials): {source}")]
+    #[error("failed to pull image {reference}: {source}")]
     Auth {
         /// The image.
         reference: String,
         /// The cause.
         #[source]
-        source: OciDistributionError,
+        source: NetError,
     },
     /// The tag or digest is not in the repository.
     #[error(
@@ -94,7 +86,7 @@ pub enum RegistryError {
         reference: String,
         /// The cause.
         #[source]
-        source: OciDistributionError,
+        source: NetError,
     },
     /// Any other registry or transport failure.
     #[error("failed to pull image {reference}: {source}")]
@@ -103,7 +95,7 @@ pub enum RegistryError {
         reference: String,
         /// The cause.
         #[source]
-        source: OciDistributionError,
+        source: NetError,
     },
     /// A manifest or config that cannot be used.
     #[error("failed to pull image {reference}: {reason}")]
@@ -174,21 +166,18 @@ pub fn open(
     progress: &Arc<Progress>,
 ) -> Result<Box<dyn Read + Send>, RegistryError> {
     let reference = parse_reference(spec)?;
-    let certificates = match &options.ca_dir {
-        Some(dir) => load_certificates(dir)?,
-        None => Vec::new(),
-    };
-    let auth = match (&options.username, &options.password) {
+    let net = Arc::new(Net::new(options, CaFiles::CrtAndPem, progress)?);
+    let credentials = match (&options.username, &options.password) {
         (Some(user), Some(pass)) if !user.is_empty() && !pass.is_empty() => {
-            RegistryAuth::Basic(user.clone(), pass.clone())
+            Some((user.clone(), pass.clone()))
         }
-        _ => RegistryAuth::Anonymous,
+        _ => None,
     };
     let job = Job {
         display: reference.whole(),
         reference,
-        auth,
-        certificates,
+        net,
+        credentials,
         insecure: options.insecure,
         arch: options.arch.as_deref().map(normalize_arch),
         progress: progress.clone(),
@@ -223,7 +212,7 @@ fn parse_reference(spec: &str) -> Result<Reference, RegistryError> {
         .map(|_| &spec[9..])
         .unwrap_or(spec);
     Reference::try_from(rest).map_err(|e| RegistryError::Reference {
-        spec: spec.to_string(),
+        spec: DisplayUrl::of_spec(spec),
         reason: e.to_string(),
     })
 }
@@ -249,56 +238,6 @@ fn machine_arch() -> String {
         other => other,
     };
     normalize_arch(arch)
-}
-
-/// Every `*.crt` / `*.pem` file of `dir` (CDI's rule), each possibly a bundle.
-fn load_certificates(dir: &Path) -> Result<Vec<Certificate>, RegistryError> {
-    let bad = |path: &Path, reason: String| RegistryError::Certificates {
-        path: path.display().to_string(),
-        reason,
-    };
-    let names = super::ca_dir::certificate_files(dir, true).map_err(|e| bad(dir, e.to_string()))?;
-    let mut certificates = Vec::new();
-    for path in names {
-        let text = std::fs::read_to_string(&path).map_err(|e| bad(&path, e.to_string()))?;
-        let before = certificates.len();
-        const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-        const END: &str = "-----END CERTIFICATE-----";
-        let mut rest = text.as_str();
-        while let Some(start) = rest.find(BEGIN) {
-            let Some(len) = rest[start..].find(END) else {
-                break;
-            };
-            let block = &rest[start..start + len + END.len()];
-            certificates.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: format!("{block}\n").into_bytes(),
-            });
-            rest = &rest[start + len + END.len()..];
-        }
-        if certificates.len() == before {
-            return Err(bad(&path, "no PEM certificate in the file".into()));
-        }
-        check_usable(&certificates[before..]).map_err(|reason| bad(&path, reason))?;
-    }
-    Ok(certificates)
-}
-
-/// Builds an HTTP client with `certificates` as extra roots, as oci-client
-/// will: a certificate rustls cannot use must fail here, by name, because
-/// oci-client answers a failed build by silently using a default client
-/// (without our CAs, `--insecure` or timeouts).
-fn check_usable(certificates: &[Certificate]) -> Result<(), String> {
-    let mut builder = reqwest::Client::builder();
-    for certificate in certificates {
-        let parsed = reqwest::Certificate::from_pem(&certificate.data)
-            .map_err(|e| format!("not a PEM certificate: {}", describe_chain(&e)))?;
-        builder = builder.add_root_certificate(parsed);
-    }
-    builder
-        .build()
-        .map(drop)
-        .map_err(|e| format!("not a usable CA certificate: {}", describe_chain(&e)))
 }
 
 /// The consumer's end: disk bytes in order, then a verified end.
@@ -380,15 +319,6 @@ impl Descriptor {
     fn size(&self) -> u64 {
         u64::try_from(self.size).unwrap_or(0)
     }
-
-    fn oci(&self) -> OciDescriptor {
-        OciDescriptor {
-            media_type: self.media_type.clone().unwrap_or_default(),
-            digest: self.digest.clone(),
-            size: self.size,
-            ..Default::default()
-        }
-    }
 }
 
 /// The image config (only the fields used).
@@ -417,8 +347,8 @@ struct Image {
 struct Job {
     reference: Reference,
     display: String,
-    auth: RegistryAuth,
-    certificates: Vec<Certificate>,
+    net: Arc<Net>,
+    credentials: Option<(String, String)>,
     insecure: bool,
     arch: Option<String>,
     progress: Arc<Progress>,
@@ -429,37 +359,38 @@ type DiskSender = SyncSender<io::Result<Bytes>>;
 
 impl Job {
     fn run(self, found_tx: FoundSender, disk_tx: DiskSender) {
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("registry-net")
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                let _ = found_tx.send(Err(RegistryError::Runtime(e)));
-                return;
-            }
+        let job = Arc::new(self);
+        let resolved = {
+            let job = job.clone();
+            block_on(async move { job.resolve().await })
+                .map_err(RegistryError::Runtime)
+                .and_then(|r| r)
         };
-        let (client, image) = match runtime.block_on(self.resolve()) {
+        let (api, image) = match resolved {
             Ok(resolved) => resolved,
             Err(e) => {
                 let _ = found_tx.send(Err(e));
                 return;
             }
         };
+        job.walk(Arc::new(api), image, found_tx, disk_tx);
+    }
+
+    /// Walks the layers in order until the disk is found and streamed.
+    fn walk(
+        &self,
+        api: Arc<RegistryApi>,
+        image: Image,
+        found_tx: FoundSender,
+        disk_tx: DiskSender,
+    ) {
         let mut found_tx = Some(found_tx);
         for descriptor in &image.layers {
             self.progress.set_source_total(descriptor.size());
-            let chunks = self.fetch_blob(&runtime, &client, descriptor);
-            let mut blob = match VerifyingReader::new(
-                ChannelReader {
-                    rx: chunks,
-                    current: Bytes::new(),
-                },
-                &descriptor.digest,
-                descriptor.size(),
-            ) {
+            let blob = self.open_blob(&api, descriptor);
+            let mut blob = match blob
+                .and_then(|body| VerifyingReader::new(body, &descriptor.digest, descriptor.size()))
+            {
                 Ok(blob) => blob,
                 Err(e) => {
                     self.fail_layer(&mut found_tx, &disk_tx, descriptor, e);
@@ -531,108 +462,58 @@ impl Job {
         }
     }
 
-    /// Starts streaming a blob on the runtime; chunks arrive on the channel.
-    fn fetch_blob(
-        &self,
-        runtime: &tokio::runtime::Runtime,
-        client: &Client,
-        descriptor: &Descriptor,
-    ) -> tokio::sync::mpsc::Receiver<io::Result<Bytes>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(NET_QUEUE);
-        let client = client.clone();
-        let reference = self.reference.clone();
-        let descriptor = descriptor.clone();
-        runtime.spawn(async move {
-            let mut stream = match client.pull_blob_stream(&reference, &descriptor.oci()).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    let _ = tx.send(Err(io::Error::other(e))).await;
-                    return;
-                }
-            };
-            if let Some(length) = stream.content_length {
-                if length != descriptor.size() {
-                    let mismatch = layer::BlobMismatch {
-                        digest: descriptor.digest.clone(),
-                        detail: format!(
-                            "the registry serves {length} bytes, the manifest says {}",
-                            descriptor.size()
-                        ),
-                    };
-                    let _ = tx
-                        .send(Err(io::Error::new(io::ErrorKind::InvalidData, mismatch)))
-                        .await;
-                    return;
-                }
-            }
-            while let Some(item) = stream.next().await {
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    return;
-                }
-            }
+    /// The blob's bytes as served, resumed across drops: its first answer
+    /// must announce the size the manifest gives.
+    fn open_blob(&self, api: &Arc<RegistryApi>, descriptor: &Descriptor) -> io::Result<BodyReader> {
+        let opener: Arc<dyn Opener> = Arc::new(BlobOpener {
+            api: api.clone(),
+            digest: descriptor.digest.clone(),
         });
-        rx
-    }
-
-    fn client(&self, protocol: ClientProtocol) -> Client {
-        Client::new(ClientConfig {
-            protocol,
-            accept_invalid_certificates: self.insecure,
-            extra_root_certificates: self.certificates.clone(),
-            platform_resolver: None,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            user_agent: concat!("diskimport/", env!("CARGO_PKG_VERSION")),
-            ..Default::default()
-        })
-    }
-
-    /// Finds the image manifest for the platform, over https, or with
-    /// `insecure` also over plain http when https does not connect.
-    async fn resolve(&self) -> Result<(Client, Image), RegistryError> {
-        let client = self.client(ClientProtocol::Https);
-        match self.resolve_with(&client).await {
-            Err(RegistryError::Pull {
-                source: OciDistributionError::RequestError(e),
-                ..
-            }) if self.insecure => {
-                tracing::debug!(error = %e, "https failed; insecure: trying plain http");
-                let client = self.client(ClientProtocol::Http);
-                let image = self.resolve_with(&client).await?;
-                Ok((client, image))
-            }
-            other => other.map(|image| (client, image)),
+        let first = {
+            let (net, opener) = (self.net.clone(), opener.clone());
+            block_on(async move { open_first(&net, &*opener).await })?.map_err(NetError::into_io)?
+        };
+        if let Some(length) = first.total.filter(|n| *n != descriptor.size()) {
+            let mismatch = layer::BlobMismatch {
+                digest: descriptor.digest.clone(),
+                detail: format!(
+                    "the registry serves {length} bytes, the manifest says {}",
+                    descriptor.size()
+                ),
+            };
+            return Err(io::Error::new(io::ErrorKind::InvalidData, mismatch));
         }
+        let plan = Plan {
+            connections: 1,
+            probe_end: false,
+        };
+        BodyReader::start(self.net.clone(), opener, first, plan)
     }
 
-    fn pull_error(&self, source: OciDistributionError) -> RegistryError {
+    /// Connects to the registry and finds the image manifest for the platform.
+    async fn resolve(&self) -> Result<(RegistryApi, Image), RegistryError> {
+        let api = RegistryApi::connect(
+            self.net.clone(),
+            self.reference.resolve_registry(),
+            self.reference.repository(),
+            self.credentials.clone(),
+            self.insecure,
+        )
+        .await
+        .map_err(|e| self.pull_error(e))?;
+        let image = self.resolve_with(&api).await?;
+        Ok((api, image))
+    }
+
+    fn pull_error(&self, source: NetError) -> RegistryError {
         let reference = self.display.clone();
-        match &source {
-            OciDistributionError::UnauthorizedError { .. }
-            | OciDistributionError::AuthenticationFailure(_) => {
-                RegistryError::Auth { reference, source }
-            }
-            OciDistributionError::RegistryError { envelope, .. }
-                if envelope.errors.iter().any(|e| {
-                    matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)
-                }) =>
-            {
-                RegistryError::Auth { reference, source }
-            }
-            OciDistributionError::RegistryError { envelope, .. }
-                if envelope.errors.iter().any(|e| {
-                    matches!(
-                        e.code,
-                        OciErrorCode::ManifestUnknown
-                            | OciErrorCode::NameUnknown
-                            | OciErrorCode::NotFound
-                    )
-                }) =>
-            {
-                RegistryError::ManifestUnknown { reference, source }
-            }
-            OciDistributionError::ServerError { code: 404, .. } => {
+        let last = match &source {
+            NetError::GaveUp { last, .. } => last.as_ref(),
+            other => other,
+        };
+        match last {
+            NetError::Auth { .. } => RegistryError::Auth { reference, source },
+            NetError::Status { status: 404, .. } => {
                 RegistryError::ManifestUnknown { reference, source }
             }
             _ => RegistryError::Pull { reference, source },
@@ -648,15 +529,16 @@ impl Job {
 
     async fn fetch_manifest(
         &self,
-        client: &Client,
-        reference: &Reference,
+        api: &RegistryApi,
+        reference: &str,
     ) -> Result<ManifestDoc, RegistryError> {
-        let accepted = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
-        let (body, digest) = client
-            .pull_manifest_raw(reference, &self.auth, &accepted)
+        let accepted = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST].join(", ");
+        let (body, media_type) = api
+            .manifest(reference, &accepted)
             .await
             .map_err(|e| self.pull_error(e))?;
-        tracing::debug!(%digest, len = body.len(), "manifest");
+        let digest = reference;
+        tracing::debug!(%digest, ?media_type, len = body.len(), "manifest");
         let doc: ManifestDoc = serde_json::from_slice(&body)
             .map_err(|e| self.bad_manifest(format!("manifest {digest} is not valid: {e}")))?;
         if doc.schema_version != Some(2) {
@@ -668,8 +550,14 @@ impl Job {
         Ok(doc)
     }
 
-    async fn resolve_with(&self, client: &Client) -> Result<Image, RegistryError> {
-        let top = self.fetch_manifest(client, &self.reference).await?;
+    async fn resolve_with(&self, api: &RegistryApi) -> Result<Image, RegistryError> {
+        let top_reference = self
+            .reference
+            .digest()
+            .or(self.reference.tag())
+            .unwrap_or("latest")
+            .to_string();
+        let top = self.fetch_manifest(api, &top_reference).await?;
         let is_index = matches!(top.media_type.as_deref(), Some(OCI_INDEX | DOCKER_LIST))
             || (top.media_type.is_none() && top.manifests.is_some());
         let wanted = self.arch.clone().unwrap_or_else(machine_arch);
@@ -693,8 +581,7 @@ impl Job {
                         .join(", "),
                 })?;
             tracing::debug!(digest = %entry.digest, media_type = ?entry.media_type, size = entry.size, %wanted, "platform picked from the index");
-            let child = self.reference.clone_with_digest(entry.digest.clone());
-            (self.fetch_manifest(client, &child).await?, true)
+            (self.fetch_manifest(api, &entry.digest).await?, true)
         } else {
             (top, false)
         };
@@ -705,7 +592,7 @@ impl Job {
             .config
             .ok_or_else(|| self.bad_manifest("the manifest has no config".into()))?;
         let layers = manifest.layers.unwrap_or_default();
-        let config = self.fetch_config(client, &config).await?;
+        let config = self.fetch_config(api, &config).await?;
         if !from_index {
             if let Some(asked) = &self.arch {
                 if !config.architecture.is_empty() && config.architecture != *asked {
@@ -734,7 +621,7 @@ impl Job {
     /// Fetches and verifies the (small) image config.
     async fn fetch_config(
         &self,
-        client: &Client,
+        api: &RegistryApi,
         descriptor: &Descriptor,
     ) -> Result<ConfigDoc, RegistryError> {
         if descriptor.size() > MAX_CONFIG {
@@ -748,24 +635,23 @@ impl Job {
             digest: descriptor.digest.clone(),
             source,
         };
-        let mut stream = client
-            .pull_blob_stream(&self.reference, &descriptor.oci())
+        // One byte over the size is enough to tell a wrong size.
+        let body = api
+            .small_blob(&descriptor.digest, descriptor.size() + 1)
             .await
-            .map_err(|e| self.pull_error(e))?;
-        let mut body = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    body.extend_from_slice(&chunk);
-                    if body.len() as u64 > descriptor.size() {
-                        break;
-                    }
-                }
-                // The client's own digest check: ours below gives the verdict.
-                Err(e) if layer::is_digest_error(&e) => break,
-                Err(e) => return Err(blob_error(e)),
-            }
-        }
+            .map_err(|e| match e {
+                NetError::TooLarge { .. } => blob_error(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    layer::BlobMismatch {
+                        digest: descriptor.digest.clone(),
+                        detail: format!(
+                            "more than the {} bytes the manifest says",
+                            descriptor.size()
+                        ),
+                    },
+                )),
+                other => self.pull_error(other),
+            })?;
         // Verify with the same reader the layers use.
         let mut verifier = VerifyingReader::new(
             io::Cursor::new(&body),
@@ -787,28 +673,6 @@ impl Job {
         serde_json::from_slice(&body).map_err(|e| {
             self.bad_manifest(format!("config {} is not valid: {e}", descriptor.digest))
         })
-    }
-}
-
-/// Blocking reads over the runtime's chunk channel.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current.advance(n);
-        Ok(n)
     }
 }
 
@@ -854,17 +718,17 @@ mod tests {
         std::fs::write(dir.path().join("b.pem"), format!("{}{}", make(), make())).unwrap();
         std::fs::write(dir.path().join("c.key"), "not a cert").unwrap();
         std::fs::write(dir.path().join(".hidden.crt"), "junk").unwrap();
-        assert_eq!(load_certificates(dir.path()).unwrap().len(), 3);
+        let load = |dir| crate::source::net::tls::load_ca_dir(dir, true);
+        assert_eq!(load(dir.path()).unwrap().len(), 3);
         std::fs::write(dir.path().join("d.crt"), "junk").unwrap();
-        assert!(load_certificates(dir.path()).is_err());
+        assert!(load(dir.path()).is_err());
     }
 
     #[test]
-    fn a_certificate_rustls_cannot_use_is_an_error_naming_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        std::fs::write(dir.path().join("broken.crt"), garbage).unwrap();
-        let error = load_certificates(dir.path()).unwrap_err().to_string();
-        assert!(error.contains("broken.crt"), "{error}");
+    fn a_reference_with_credentials_is_shown_without_them() {
+        let error = parse_reference("docker://user:pa55@reg:5000/r:t")
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("pa55"), "{error}");
     }
 }

@@ -148,16 +148,7 @@ impl<R: Read> Read for VerifyingReader<R> {
         let n = match self.inner.read(buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
-            Err(e) => {
-                // The client library checks digests too and reports a mismatch
-                // as an error where the stream ends: give our own verdict then.
-                if is_digest_error(&e) {
-                    self.finish()?;
-                    let detail = format!("the registry client reports: {e}");
-                    return Err(self.mismatch(detail));
-                }
-                return Err(self.fail(e));
-            }
+            Err(e) => return Err(self.fail(e)),
         };
         if n == 0 {
             self.finish()?;
@@ -171,12 +162,6 @@ impl<R: Read> Read for VerifyingReader<R> {
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
-}
-
-/// Whether `e` is the registry client's digest verification error.
-pub fn is_digest_error(e: &io::Error) -> bool {
-    e.get_ref()
-        .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>())
 }
 
 /// Where a disk path was found.

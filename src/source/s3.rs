@@ -18,24 +18,26 @@
 //! `--insecure` can skip certificate verification (CDI itself ignores
 //! `INSECURE_TLS` for S3). Proxies come from the usual environment variables.
 //!
-//! Flow: `HeadObject` for the size and ETag (the size goes to
-//! [`Progress::set_source_total`]), then `GetObject` on a background thread
-//! running a small tokio runtime; chunks reach the reader over a bounded
-//! channel, so memory stays bounded. A stream that breaks is resumed with a
-//! ranged `GetObject` from the first missing byte, guarded by `If-Match` on the
-//! ETag (and by comparing the ETag each response reports), up to a retry budget
-//! (50 resumes, or 5 failed attempts in a row without a byte) with capped
-//! exponential backoff (0.2 s doubling to 5 s). A body that ends
-//! short of the object's size is an error, never a silent success.
+//! Flow, on the shared network layer ([`super::net`]): `HeadObject` (retried)
+//! for the size, then `GetObject`s through an [`Opener`]: the layer resumes a
+//! broken or stalled stream with a ranged `GetObject` guarded by `If-Match` on
+//! the ETag (and compares the validators each answer reports), retries
+//! 408/429/5xx under its policy, fetches a large object over `--connections`
+//! ranged requests, and stops every wait on SIGTERM. A body that ends short of
+//! the object's size is an error, never a silent success. The SDK validates
+//! response checksums only when asked (`WhenRequired`): its per-part checksums
+//! cannot check a ranged or multipart read, and its warning about that would
+//! print on every multipart import.
 
 use std::fmt;
 use std::io::{self, Read};
 use std::sync::Arc;
-use std::time::Duration;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedHttpClient};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, ResponseChecksumValidation, SharedHttpClient,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::SdkBody;
+use aws_sdk_s3::primitives::{DateTimeFormat, SdkBody};
 use aws_smithy_runtime_api::client::http::{
     http_client_fn, HttpConnector, HttpConnectorFuture, SharedHttpConnector,
 };
@@ -43,8 +45,12 @@ use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::http::{Headers, StatusCode};
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
+use super::net::error::chain_has;
+use super::net::request::Opened;
+use super::net::resume::{parse_content_range, Identity, Validators};
+use super::net::transfer::{open_first, OpenFuture, Opener};
+use super::net::{block_on, BodyReader, CaFiles, DisplayUrl, Net, NetError};
 use super::SourceOptions;
 use crate::error::describe_chain;
 use crate::progress::Progress;
@@ -52,16 +58,6 @@ use crate::progress::Progress;
 /// Region used when neither `--region`, the endpoint host nor the environment
 /// names one.
 const DEFAULT_REGION: &str = "us-east-1";
-/// Chunks buffered between the download thread and the reader.
-const CHANNEL_CHUNKS: usize = 16;
-/// Resumes allowed after a broken stream, in total.
-const RETRY_BUDGET: u32 = 50;
-/// Failed attempts in a row that delivered no byte before giving up.
-const STALLED_ATTEMPTS: u32 = 5;
-/// First backoff before a resume; doubled per failure without progress.
-const BACKOFF_START: Duration = Duration::from_millis(200);
-/// Largest backoff between two attempts.
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// Errors of the s3 source.
 #[derive(Debug, thiserror::Error)]
@@ -81,11 +77,14 @@ pub enum S3Error {
     #[error("S3 HTTP client: {0}")]
     Client(String),
     /// The background runtime could not be started.
-    #[error("starting the S3 download runtime: {0}")]
+    #[error("the S3 download runtime: {0}")]
     Runtime(#[source] io::Error),
     /// The server refused a request, or it could not be sent.
     #[error(transparent)]
     Request(Box<RequestFailure>),
+    /// The download failed for good.
+    #[error(transparent)]
+    Net(Box<NetError>),
 }
 
 /// A failed S3 request: which object, which operation, the S3 error code.
@@ -137,11 +136,16 @@ pub fn open(
 ) -> Result<Box<dyn Read + Send>, S3Error> {
     let location = parse_location(spec, options)?;
     let credentials = credentials(spec, options)?;
-    let http = http_client(options)?;
+    let net = Arc::new(
+        Net::new(options, CaFiles::Any, progress)
+            .map_err(|e| S3Error::Certificates(e.to_string()))?,
+    );
+    let http = sdk_http_client(net.clone());
 
     let mut config = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(location.region.clone()))
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .http_client(http);
     if let Some(endpoint) = &location.endpoint {
         config = config.endpoint_url(endpoint).force_path_style(true);
@@ -151,50 +155,46 @@ pub fn open(
         None => config = config.allow_no_auth(),
     }
     let client = aws_sdk_s3::Client::from_conf(config.build());
-
-    // The runtime lives on its own thread, so `open` also works when called
-    // from inside another runtime; HeadObject's answer comes back first.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(S3Error::Runtime)?;
-    let (head_tx, head_rx) = std::sync::mpsc::sync_channel(1);
-    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    std::thread::Builder::new()
-        .name("s3-source".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let head = match head(&client, &location).await {
-                    Ok(head) => head,
-                    Err(error) => {
-                        let _ = head_tx.send(Err(error));
-                        return;
-                    }
-                };
-                let _ = head_tx.send(Ok((location.object(), head.size)));
-                tracing::debug!(
-                    object = %location.object(),
-                    size = head.size,
-                    etag = ?head.etag,
-                    "s3 object found"
-                );
-                let download = Download {
-                    client,
-                    location,
-                    size: head.size,
-                    etag: head.etag,
-                    last_modified: head.last_modified,
-                    tx,
-                };
-                download.run().await;
-            })
-        })
-        .map_err(S3Error::Runtime)?;
-    let (object, size) = head_rx
-        .recv()
-        .map_err(|_| S3Error::Runtime(io::Error::other("the S3 download thread ended early")))??;
-    progress.set_source_total(size);
-    Ok(Box::new(ChannelReader::new(rx, object, size)))
+    let opener = Arc::new(S3Opener {
+        net: net.clone(),
+        client,
+        location,
+        verify_checksum: std::sync::atomic::AtomicBool::new(false),
+    });
+    let head = {
+        let opener = opener.clone();
+        block_on(async move { opener.head().await }).map_err(S3Error::Runtime)??
+    };
+    tracing::debug!(object = %opener.location.object(), size = head.size, "s3 object found");
+    progress.set_source_total(head.size);
+    opener
+        .verify_checksum
+        .store(head.verifiable, std::sync::atomic::Ordering::Relaxed);
+    let mut first = {
+        let (net, opener) = (net.clone(), opener.clone());
+        block_on(async move { open_first(&net, &*opener).await })
+            .map_err(S3Error::Runtime)?
+            .map_err(|e| S3Error::Net(Box::new(e)))?
+    };
+    // HeadObject's size is the object's: a GET that does not say its length
+    // (close-delimited) must still deliver all of it.
+    match first.total {
+        None => first.total = Some(head.size),
+        Some(total) if total != head.size => {
+            return Err(S3Error::Net(Box::new(NetError::Changed {
+                url: opener.shown(),
+                offset: 0,
+                detail: format!(
+                    "HeadObject said {} bytes, GetObject says {total}",
+                    head.size
+                ),
+            })))
+        }
+        Some(_) => {}
+    }
+    let reader =
+        BodyReader::start(net, opener, first, Net::plan(options)).map_err(S3Error::Runtime)?;
+    Ok(Box::new(reader))
 }
 
 /// `spec` as it may appear in messages: without user info or query (a
@@ -363,53 +363,13 @@ fn credentials(spec: &str, options: &SourceOptions) -> Result<Option<Credentials
     }
 }
 
-/// The SDK's HTTP client: reqwest with the system roots plus `ca_dir`'s PEM
-/// files, and optionally no certificate verification.
-fn http_client(options: &SourceOptions) -> Result<SharedHttpClient, S3Error> {
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(120))
-        .user_agent(concat!("diskimport/", env!("CARGO_PKG_VERSION")));
-    if let Some(dir) = &options.ca_dir {
-        let certs = load_ca_dir(dir)?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    // CDI trusts its proxy CA bundle for S3 too; the directory may be absent.
-    if let Some(dir) = options.proxy_ca_dir.as_ref().filter(|d| d.exists()) {
-        let certs = load_ca_dir(dir)?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    if options.insecure {
-        builder = builder.tls_danger_accept_invalid_certs(true);
-    }
-    let client = builder
-        .build()
-        .map_err(|e| S3Error::Client(describe_chain(&e)))?;
-    let connector = SharedHttpConnector::new(ReqwestConnector { client });
-    Ok(http_client_fn(move |_settings, _components| {
-        connector.clone()
-    }))
-}
-
-/// Every non-dot file in `dir` as PEM certificates (CDI mounts a ConfigMap
-/// there: any key name, `..data` style entries skipped).
-fn load_ca_dir(dir: &std::path::Path) -> Result<Vec<reqwest::Certificate>, S3Error> {
-    let paths = super::ca_dir::certificate_files(dir, false)
-        .map_err(|e| S3Error::Certificates(format!("reading {}: {e}", dir.display())))?;
-    let mut certs = Vec::new();
-    for path in paths {
-        let pem = std::fs::read(&path)
-            .map_err(|e| S3Error::Certificates(format!("reading {}: {e}", path.display())))?;
-        let found = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            S3Error::Certificates(format!("{}: {}", path.display(), describe_chain(&e)))
-        })?;
-        if found.is_empty() {
-            tracing::warn!(path = %path.display(), "no PEM certificate in file");
-        }
-        certs.extend(found);
-    }
-    Ok(certs)
+/// The SDK's HTTP client: the network layer's reqwest client (its TLS
+/// policy: system roots, `--ca-dir`, `--proxy-ca-dir`, `--insecure`).
+fn sdk_http_client(net: Arc<Net>) -> SharedHttpClient {
+    let connector = SharedHttpConnector::new(ReqwestConnector {
+        client: net.client.clone(),
+    });
+    http_client_fn(move |_settings, _components| connector.clone())
 }
 
 /// Sends the SDK's (already signed) requests with reqwest.
@@ -456,37 +416,48 @@ impl HttpConnector for ReqwestConnector {
 
 struct Head {
     size: u64,
-    etag: Option<String>,
-    last_modified: Option<aws_sdk_s3::primitives::DateTime>,
+    /// The object has a full-object checksum the SDK can verify on a whole
+    /// GetObject (a multipart object's part-level checksum it cannot).
+    verifiable: bool,
 }
 
 /// HeadObject; when it fails, a one-byte GetObject names the S3 error code
-/// (HEAD responses carry no body, so no code).
-async fn head(client: &aws_sdk_s3::Client, location: &Location) -> Result<Head, S3Error> {
+/// (HEAD responses carry no body, so no code). The error says whether it is
+/// transient.
+async fn head(client: &aws_sdk_s3::Client, location: &Location) -> Result<Head, (S3Error, bool)> {
     let result = client
         .head_object()
         .bucket(&location.bucket)
         .key(&location.key)
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
         .send()
         .await;
     match result {
         Ok(out) => {
             let size = out.content_length().unwrap_or(-1);
             let size = u64::try_from(size).map_err(|_| {
-                S3Error::Request(Box::new(RequestFailure {
+                let failure = S3Error::Request(Box::new(RequestFailure {
                     object: location.object(),
                     endpoint: location.endpoint_name(),
                     operation: "HeadObject",
                     code: "MissingContentLength".into(),
                     status: String::new(),
                     message: "the server did not report the object's size".into(),
-                }))
+                }));
+                (failure, false)
             })?;
-            Ok(Head {
-                size,
-                etag: out.e_tag().map(str::to_string),
-                last_modified: out.last_modified().copied(),
-            })
+            let checksums = [
+                out.checksum_crc32(),
+                out.checksum_crc32_c(),
+                out.checksum_crc64_nvme(),
+                out.checksum_sha1(),
+                out.checksum_sha256(),
+            ];
+            let verifiable = !checksums.iter().flatten().any(|c| c.contains('-'));
+            Ok(Head { size, verifiable })
+        }
+        Err(head_error) if transient(&head_error) => {
+            Err((request_error(location, "HeadObject", &head_error), true))
         }
         Err(head_error) => {
             let probe = client
@@ -498,9 +469,9 @@ async fn head(client: &aws_sdk_s3::Client, location: &Location) -> Result<Head, 
                 .await;
             match probe {
                 Err(get_error) if get_error.code().is_some() => {
-                    Err(request_error(location, "GetObject", &get_error))
+                    Err((request_error(location, "GetObject", &get_error), false))
                 }
-                _ => Err(request_error(location, "HeadObject", &head_error)),
+                _ => Err((request_error(location, "HeadObject", &head_error), false)),
             }
         }
     }
@@ -570,310 +541,215 @@ fn status_code_name(status: u16) -> String {
     }
 }
 
-/// The download task: GetObject, resumed with ranged requests on failure.
-struct Download {
+/// Whether an SDK failure may pass on another attempt: no response (a
+/// connection or timeout failure, except TLS), or 408/429/5xx.
+fn transient<E, R>(error: &SdkError<E, R>) -> bool
+where
+    E: std::error::Error + 'static,
+    R: fmt::Debug + HasStatus + 'static,
+{
+    match error {
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::DispatchFailure(_) => !chain_has::<rustls::Error>(error),
+        SdkError::ServiceError(_) => error
+            .raw_response()
+            .map(HasStatus::status_code)
+            .is_some_and(|s| s >= 500 || s == 429 || s == 408),
+        _ => false,
+    }
+}
+
+/// GetObject and HeadObject of one object, for the network layer.
+struct S3Opener {
+    net: Arc<Net>,
     client: aws_sdk_s3::Client,
     location: Location,
-    size: u64,
-    etag: Option<String>,
-    /// HeadObject's Last-Modified: the identity check when there is no ETag.
-    last_modified: Option<aws_sdk_s3::primitives::DateTime>,
-    tx: mpsc::Sender<io::Result<Bytes>>,
+    /// Ask the SDK to verify the checksum of whole-object reads.
+    verify_checksum: std::sync::atomic::AtomicBool,
 }
 
-/// Why one attempt stopped.
-enum Attempt {
-    /// All bytes delivered.
-    Complete,
-    /// The reader went away.
-    Closed,
-    /// Worth resuming: the stream broke or a request failed transiently.
-    Retry(String),
-    /// Not worth resuming.
-    Fatal(io::Error),
-}
-
-impl Download {
-    async fn run(self) {
-        let mut offset = 0u64;
-        let mut retries = 0u32;
-        let mut stalled = 0u32;
-        let mut backoff = BACKOFF_START;
+impl S3Opener {
+    /// HeadObject, retried while the failure is transient.
+    async fn head(&self) -> Result<Head, S3Error> {
+        let mut failures = 0;
         loop {
-            let before = offset;
-            let outcome = self.attempt(&mut offset).await;
-            let reason = match outcome {
-                Attempt::Complete | Attempt::Closed => return,
-                Attempt::Fatal(error) => {
-                    let _ = self.tx.send(Err(error)).await;
-                    return;
+            match head(&self.client, &self.location).await {
+                Ok(head) => return Ok(head),
+                Err((error, false)) => return Err(error),
+                Err((error, true)) => {
+                    failures += 1;
+                    if failures >= self.net.policy.max_failures {
+                        return Err(error);
+                    }
+                    let wait = self.net.policy.delay(failures, None);
+                    tracing::warn!(attempt = failures, "{error}; retrying in {wait:?}");
+                    self.net
+                        .cancel
+                        .sleep(wait)
+                        .await
+                        .map_err(|e| S3Error::Net(Box::new(e)))?;
                 }
-                Attempt::Retry(reason) => reason,
-            };
-            if offset > before {
-                backoff = BACKOFF_START;
-                stalled = 0;
-            } else {
-                stalled += 1;
             }
-            if retries >= RETRY_BUDGET || stalled >= STALLED_ATTEMPTS {
-                let error = io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "{}: download stopped at byte {offset} of {} after {retries} resumes: \
-                         {reason}",
-                        self.location.object(),
-                        self.size
-                    ),
-                );
-                let _ = self.tx.send(Err(error)).await;
-                return;
-            }
-            retries += 1;
-            tracing::warn!(
-                object = %self.location.object(),
-                offset,
-                size = self.size,
-                retry = retries,
-                "s3 stream broke, resuming: {reason}"
-            );
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_CAP);
         }
     }
 
-    async fn attempt(&self, offset: &mut u64) -> Attempt {
-        let object = self.location.object();
-        if *offset >= self.size {
-            return Attempt::Complete;
+    fn net_error<E>(&self, offset: u64, error: SdkError<E, HttpResponse>) -> NetError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let url = self.shown();
+        let status = error.raw_response().map(HasStatus::status_code);
+        let detail = error.code().map(|code| match error.message() {
+            Some(message) => format!("{code}: {message}"),
+            None => code.to_string(),
+        });
+        match (status, &error) {
+            (Some(412), _) => NetError::Changed {
+                url,
+                offset,
+                detail: "the object changed during the download (its ETag no longer matches)"
+                    .into(),
+            },
+            (Some(401 | 403), SdkError::ServiceError(_)) => NetError::Auth {
+                url,
+                status: status.unwrap_or_default(),
+                detail,
+            },
+            (Some(status), SdkError::ServiceError(_)) => NetError::Status {
+                url,
+                status,
+                retry_after: None,
+                detail,
+            },
+            _ if chain_has::<rustls::Error>(&error) => NetError::Tls {
+                url,
+                source: Box::new(error),
+            },
+            _ if transient(&error) => NetError::Transport {
+                url,
+                what: "GetObject failed".into(),
+                source: Box::new(error),
+            },
+            _ => NetError::Protocol {
+                url,
+                detail: format!("GetObject failed: {}", describe_chain(&error)),
+            },
         }
-        let mut request = self
-            .client
-            .get_object()
-            .bucket(&self.location.bucket)
-            .key(&self.location.key);
-        if *offset > 0 {
-            if self.etag.is_none() && self.last_modified.is_none() {
-                // Nothing would tell a replaced object from the same one.
-                return Attempt::Fatal(io::Error::other(format!(
-                    "{object}: the download broke at byte {offset} and cannot be resumed: the \
-                     server gives neither an ETag nor a Last-Modified date to show the object \
-                     is unchanged"
-                )));
-            }
-            request = request.range(format!("bytes={offset}-"));
-        }
-        if let Some(etag) = &self.etag {
-            request = request.if_match(etag);
-        }
-        let output = match request.send().await {
-            Ok(output) => output,
-            Err(error) => {
-                let status = error.raw_response().map(HasStatus::status_code);
-                let transient = match &error {
-                    SdkError::TimeoutError(_)
-                    | SdkError::DispatchFailure(_)
-                    | SdkError::ResponseError(_) => true,
-                    SdkError::ServiceError(_) => {
-                        status.is_some_and(|s| s >= 500 || s == 429 || s == 408)
-                    }
-                    _ => false,
-                };
-                let described = request_error(&self.location, "GetObject", &error);
-                if status == Some(412) {
-                    return Attempt::Fatal(io::Error::other(format!(
-                        "{object}: the object changed during the download (ETag {} no longer \
-                         matches): {described}",
-                        self.etag.as_deref().unwrap_or("?")
-                    )));
+    }
+}
+
+impl Opener for S3Opener {
+    fn open<'a>(&'a self, identity: &'a Identity, from: u64, to: Option<u64>) -> OpenFuture<'a> {
+        Box::pin(async move {
+            let url = self.shown();
+            let mut request = self
+                .client
+                .get_object()
+                .bucket(&self.location.bucket)
+                .key(&self.location.key);
+            if from > 0 || to.is_some() {
+                if from > 0 && identity.validators.is_empty() {
+                    // Nothing would tell a replaced object from the same one.
+                    return Err(NetError::Changed {
+                        url,
+                        offset: from,
+                        detail: "the server gives neither an ETag nor a Last-Modified date to                                  show the object is unchanged"
+                            .into(),
+                    });
                 }
-                return if transient {
-                    Attempt::Retry(described.to_string())
-                } else {
-                    Attempt::Fatal(io::Error::other(described))
-                };
+                request = request.range(match to {
+                    Some(to) => format!("bytes={from}-{}", to.saturating_sub(1)),
+                    None => format!("bytes={from}-"),
+                });
             }
-        };
-        // Servers that ignore If-Match (s3s-fs does) still report the ETag.
-        if let (Some(expected), Some(got)) = (&self.etag, output.e_tag()) {
-            if expected != got {
-                return Attempt::Fatal(io::Error::other(format!(
-                    "{object}: the object changed during the download (ETag {expected} at \
-                     HeadObject, {got} at byte {offset})"
-                )));
+            if let Some(etag) = &identity.validators.etag {
+                request = request.if_match(etag);
             }
-        }
-        if let (Some(expected), Some(got)) = (&self.last_modified, output.last_modified()) {
-            if expected != got {
-                return Attempt::Fatal(io::Error::other(format!(
-                    "{object}: the object changed during the download (Last-Modified {expected} \
-                     at HeadObject, {got} at byte {offset})"
-                )));
+            let whole = from == 0 && to.is_none();
+            if whole
+                && self
+                    .verify_checksum
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                request = request.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
             }
-        }
-        // A server that ignored the Range header sends the whole object again:
-        // skip what was already delivered.
-        let mut skip = 0u64;
-        if *offset > 0 {
-            let range = output.content_range();
-            if let Some(total) = range.and_then(range_total) {
-                if total != self.size {
-                    return Attempt::Fatal(io::Error::other(format!(
-                        "{object}: the object changed during the download (it had {} bytes, \
-                         now {total})",
-                        self.size
-                    )));
+            let output = match tokio::time::timeout(self.net.stall, request.send()).await {
+                Err(_) => {
+                    return Err(NetError::Stalled {
+                        url,
+                        after: self.net.stall,
+                        offset: from,
+                    })
                 }
-            }
+                Ok(result) => result.map_err(|e| self.net_error(from, e))?,
+            };
+            let range = output.content_range().and_then(parse_content_range);
             let length = output.content_length().and_then(|n| u64::try_from(n).ok());
-            match (range.and_then(range_start), length) {
-                (Some(start), _) if start == *offset => {}
-                (Some(start), _) => {
-                    return Attempt::Fatal(io::Error::other(format!(
-                        "{object}: asked for bytes from {offset}, the server sent from {start}"
-                    )))
-                }
-                // No Content-Range (a proxy may drop it): the length says
-                // whether the body is the rest or the whole object.
-                (None, Some(n)) if n == self.size - *offset => {}
-                // Without either, a body without a range is the whole object
-                // (a 206 must say its range).
-                (None, Some(n)) if n == self.size => skip = *offset,
-                (None, None) => skip = *offset,
-                (None, Some(n)) => {
-                    return Attempt::Fatal(io::Error::other(format!(
-                        "{object}: asked for bytes from {offset}, the answer has no Content-Range \
-                         and {n} bytes, neither the rest ({}) nor the whole object ({})",
-                        self.size - *offset,
-                        self.size
-                    )))
-                }
-            }
-        }
-        let mut body = output.body;
-        loop {
-            match body.next().await {
-                Some(Ok(mut chunk)) => {
-                    if skip > 0 {
-                        let n = skip.min(chunk.len() as u64);
-                        let _ = chunk.split_to(n as usize);
-                        skip -= n;
-                        if chunk.is_empty() {
-                            continue;
+            let validators = Validators {
+                etag: output.e_tag().map(str::to_string),
+                last_modified: output
+                    .last_modified()
+                    .and_then(|d| d.fmt(DateTimeFormat::HttpDate).ok()),
+            };
+            let (partial, start, total) = match range {
+                Some((start, total)) => (true, start, total),
+                None => (false, 0, length),
+            };
+            let stall = self.net.stall;
+            let body_end = length.map(|n| start + n);
+            let body = futures_util::stream::unfold(
+                (output.body, url, start),
+                move |(mut body, url, offset)| async move {
+                    match tokio::time::timeout(stall, body.next()).await {
+                        Ok(Some(Ok(chunk))) => {
+                            let next = offset + chunk.len() as u64;
+                            Some((Ok(chunk), (body, url, next)))
+                        }
+                        // After the last byte: the SDK's checksum check failed.
+                        Ok(Some(Err(error))) if body_end == Some(offset) => {
+                            let error = NetError::Protocol {
+                                url: url.clone(),
+                                detail: format!(
+                                    "the body failed its integrity check (checksum): {}",
+                                    describe_chain(&error)
+                                ),
+                            };
+                            Some((Err(error), (body, url, offset)))
+                        }
+                        Ok(Some(Err(error))) => {
+                            let error = NetError::Transport {
+                                url: url.clone(),
+                                what: format!("the body broke at byte {offset}"),
+                                source: Box::new(error),
+                            };
+                            Some((Err(error), (body, url, offset)))
+                        }
+                        Ok(None) => None,
+                        Err(_) => {
+                            let error = NetError::Stalled {
+                                url: url.clone(),
+                                after: stall,
+                                offset,
+                            };
+                            Some((Err(error), (body, url, offset)))
                         }
                     }
-                    let len = chunk.len() as u64;
-                    if *offset + len > self.size {
-                        return Attempt::Fatal(io::Error::other(format!(
-                            "{object}: the server sent more than the {} bytes HeadObject reported",
-                            self.size
-                        )));
-                    }
-                    *offset += len;
-                    if self.tx.send(Ok(chunk)).await.is_err() {
-                        return Attempt::Closed;
-                    }
-                }
-                Some(Err(error)) => {
-                    let text = describe_chain(&error);
-                    // An error after the last byte, or a checksum error, is
-                    // the SDK's integrity check failing: resuming would skip it.
-                    if *offset >= self.size || text.to_ascii_lowercase().contains("checksum") {
-                        return Attempt::Fatal(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("{object}: the body failed its integrity check: {text}"),
-                        ));
-                    }
-                    return Attempt::Retry(format!("body broke at byte {offset}: {text}"));
-                }
-                None => break,
-            }
-        }
-        if *offset == self.size {
-            Attempt::Complete
-        } else {
-            Attempt::Retry(format!(
-                "body ended at byte {offset} of {} (short read)",
-                self.size
-            ))
-        }
+                },
+            );
+            Ok(Opened {
+                partial,
+                start,
+                total,
+                length,
+                validators,
+                accepts_ranges: true,
+                body: Box::pin(body),
+            })
+        })
     }
-}
 
-/// The first byte of a `Content-Range: bytes FIRST-LAST/TOTAL` value.
-/// The total of `bytes START-END/TOTAL`, when it is a number.
-fn range_total(content_range: &str) -> Option<u64> {
-    content_range.rsplit_once('/')?.1.trim().parse().ok()
-}
-
-fn range_start(content_range: &str) -> Option<u64> {
-    let rest = content_range.trim().strip_prefix("bytes")?.trim_start();
-    let (first, _) = rest.split_once('-')?;
-    first.trim().parse().ok()
-}
-
-/// The blocking end of the channel.
-struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
-    /// `s3://bucket/key`, for errors.
-    object: String,
-    /// The object's size: fewer bytes before the channel closes is an error
-    /// (the download thread died without saying why).
-    size: u64,
-    delivered: u64,
-    /// Set once the stream ended; an error stays an error on every later read.
-    end: Option<Result<(), (io::ErrorKind, String)>>,
-}
-
-impl ChannelReader {
-    fn new(rx: mpsc::Receiver<io::Result<Bytes>>, object: String, size: u64) -> Self {
-        ChannelReader {
-            rx,
-            current: Bytes::new(),
-            object,
-            size,
-            delivered: 0,
-            end: None,
-        }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        while self.current.is_empty() {
-            match &self.end {
-                Some(Ok(())) => return Ok(0),
-                Some(Err((kind, message))) => return Err(io::Error::new(*kind, message.clone())),
-                None => {}
-            }
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(error)) => {
-                    self.end = Some(Err((error.kind(), error.to_string())));
-                    return Err(error);
-                }
-                // The task ends its sender after the last byte or an error.
-                None if self.delivered == self.size => self.end = Some(Ok(())),
-                None => {
-                    self.end = Some(Err((
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "{}: the download ended at byte {} of {}",
-                            self.object, self.delivered, self.size
-                        ),
-                    )))
-                }
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        self.delivered += n as u64;
-        Ok(n)
+    fn shown(&self) -> DisplayUrl {
+        DisplayUrl::from_safe_text(self.location.object())
     }
 }
 
@@ -936,62 +812,12 @@ mod tests {
     }
 
     #[test]
-    fn content_range_start_is_parsed() {
-        assert_eq!(range_start("bytes 100-199/200"), Some(100));
-        assert_eq!(range_start("bytes */200"), None);
-        assert_eq!(range_total("bytes 100-199/200"), Some(200));
-        assert_eq!(range_total("bytes 100-199/*"), None);
-    }
-
-    #[test]
     fn specs_in_messages_lose_credentials_and_signatures() {
         assert_eq!(
             shown_spec("https://AK:SK@host:9000/b/k?X-Amz-Signature=abc"),
             "https://host:9000/b/k"
         );
         assert_eq!(shown_spec("not a url?secret"), "not a url");
-    }
-
-    #[test]
-    fn reader_delivers_chunks_then_the_error_with_its_cause() {
-        let (tx, rx) = mpsc::channel(4);
-        tx.try_send(Ok(Bytes::from_static(b"abcdef"))).unwrap();
-        tx.try_send(Err(io::Error::other(
-            "s3://b/k: stopped at byte 6 of 9: reset",
-        )))
-        .unwrap();
-        drop(tx);
-        let mut reader = ChannelReader::new(rx, "s3://b/k".into(), 9);
-        let mut buf = [0u8; 4];
-        assert_eq!(reader.read(&mut buf).unwrap(), 4);
-        assert_eq!(reader.read(&mut buf).unwrap(), 2);
-        assert_eq!(&buf[..2], b"ef");
-        for _ in 0..2 {
-            let error = reader.read(&mut buf).unwrap_err();
-            assert!(error.to_string().contains("stopped at byte 6 of 9: reset"));
-        }
-    }
-
-    #[test]
-    fn reader_closed_early_without_error_is_an_error_not_eof() {
-        let (tx, rx) = mpsc::channel(4);
-        tx.try_send(Ok(Bytes::from_static(b"abc"))).unwrap();
-        drop(tx);
-        let mut reader = ChannelReader::new(rx, "s3://b/k".into(), 9);
-        let mut out = Vec::new();
-        let error = reader.read_to_end(&mut out).unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(
-            error.to_string().contains("ended at byte 3 of 9"),
-            "{error}"
-        );
-
-        let (tx, rx) = mpsc::channel(4);
-        tx.try_send(Ok(Bytes::from_static(b"abc"))).unwrap();
-        drop(tx);
-        let mut reader = ChannelReader::new(rx, "s3://b/k".into(), 3);
-        let mut out = Vec::new();
-        assert_eq!(reader.read_to_end(&mut out).unwrap(), 3);
     }
 
     #[test]

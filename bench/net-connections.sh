@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Parallel ranged downloads: nginx on 127.0.0.1 serves a raw image with a
+# per-connection rate limit (`limit_rate`, default 100m bytes/s); the script
+# times `curl -o /dev/null`, `diskimport convert --connections 1` and
+# `--connections 4` of it (round-robin, BENCH_RUNS rounds), prints wall time,
+# CPU seconds and peak RSS (from /usr/bin/time -v) per run, and checks that
+# both diskimport outputs are identical to the image.
+#
+# usage: bench/net-connections.sh [WORKDIR] [SIZE]
+#   WORKDIR  where the image and the targets go (default: a new temp directory)
+#   SIZE     image size in MiB (default 2048)
+# env: BENCH_RATE (nginx limit_rate, default 100m), BENCH_RUNS (default 3),
+#      DISKIMPORT_BIN (a built binary; default: build target/release/diskimport)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+servers="$here/../shared/servers"
+work=${1:-$(mktemp -d)}
+size_mib=${2:-2048}
+rate=${BENCH_RATE:-100m}
+runs=${BENCH_RUNS:-3}
+bin=${DISKIMPORT_BIN:-$here/target/release/diskimport}
+[ -n "${DISKIMPORT_BIN:-}" ] || (cd "$here" && cargo build --release --quiet)
+mkdir -p "$work/www"
+
+img="$work/www/disk.raw"
+if [ ! -s "$img" ] || [ "$(stat -c %s "$img")" != $((size_mib << 20)) ]; then
+  echo "making a ${size_mib} MiB image with data in every MiB (once; kept in $work)" >&2
+  python3 - "$img" "$size_mib" <<'PY'
+import os, sys
+path, mib = sys.argv[1], int(sys.argv[2])
+block = os.urandom(1 << 20)
+with open(path, "wb") as f:
+    for i in range(mib):
+        f.write(i.to_bytes(8, "little") + block[8:])
+PY
+fi
+
+# nginx's /slow/ location: limit_rate (per connection) after the first 64 KiB.
+SLOW_RATE=$rate FOREGROUND=1 "$servers/nginx_start.sh" "$work/nginx" "$work/www" > "$work/nginx.log" 2>&1 &
+nginx_pid=$!
+trap 'kill "$nginx_pid" 2>/dev/null; wait "$nginx_pid" 2>/dev/null' EXIT
+for _ in $(seq 100); do [ -s "$work/nginx/env" ] && break; sleep 0.1; done
+. "$work/nginx/env"
+url="http://127.0.0.1:$HTTP_PORT/slow/disk.raw"
+for _ in $(seq 100); do curl -sf -o /dev/null -r 0-0 "$url" && break; sleep 0.1; done
+
+measure() { # NAME CMD...: prints NAME wall cpu rss
+  local name=$1; shift
+  /usr/bin/time -v -o "$work/time.txt" "$@" > /dev/null 2> "$work/err.txt" || {
+    echo "$name failed: $(head -c 300 "$work/err.txt")" >&2; return 1; }
+  awk -v n="$name" -F': ' '
+    /Elapsed \(wall clock\)/ { split($2, t, ":"); wall = (length(t) == 3) ? t[1]*3600 + t[2]*60 + t[3] : t[1]*60 + t[2] }
+    /User time/ { u = $2 } /System time/ { s = $2 } /Maximum resident/ { rss = $2 }
+    END { printf "%-14s %8.2f s wall %7.2f s cpu %7.1f MiB peak RSS\n", n, wall, u + s, rss / 1024 }' "$work/time.txt"
+}
+
+echo "image: ${size_mib} MiB raw, nginx limit_rate $rate per connection, $runs rounds"
+for round in $(seq "$runs"); do
+  echo "-- round $round"
+  measure curl curl -sf -o /dev/null "$url"
+  for n in 1 4; do
+    rm -f "$work/out-$n.raw"
+    measure "connections=$n" "$bin" convert --quiet --connections "$n" "$url" "$work/out-$n.raw"
+    cmp -s "$img" "$work/out-$n.raw" || { echo "connections=$n: output differs from the image" >&2; exit 1; }
+  done
+done
+echo "outputs identical to the image"

@@ -1,0 +1,242 @@
+//! The blocking end of a download: the decoder thread reads the object in
+//! order from here. One connection streams the whole object; with several
+//! (`--connections N`, for a large object whose server honours ranges and
+//! names it by a validator), consecutive segments of [`SEGMENT`] bytes are
+//! fetched at once, each resumed on its own when its connection drops, and
+//! read in order: at most N segments are in flight or waiting, so memory stays
+//! at N × [`SEGMENT`] whatever the object's size.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use tokio::sync::mpsc;
+
+use super::request::Opened;
+use super::resume::Identity;
+use super::transfer::{deliver, probe_end, Opener, Span, CHUNK};
+use super::{runtime, Net, NetError};
+
+/// Bytes per parallel segment.
+pub const SEGMENT: u64 = 4 << 20;
+/// Objects smaller than this are fetched over one connection.
+pub const PARALLEL_MIN: u64 = 32 << 20;
+/// Connections used when none are asked for.
+pub const DEFAULT_CONNECTIONS: usize = 4;
+/// Chunks waiting between a single-connection download and the reader.
+const QUEUE: usize = 4;
+
+/// How a download is shaped.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Connections to use at most (1: sequential).
+    pub connections: usize,
+    /// Check at the end that the server has nothing beyond the length.
+    pub probe_end: bool,
+}
+
+/// The download of one object, read in order.
+pub struct BodyReader {
+    net: Arc<Net>,
+    opener: Arc<dyn Opener>,
+    identity: Identity,
+    segments: VecDeque<Segment>,
+    /// Next segment start, in parallel mode.
+    next: Option<u64>,
+    current: Bytes,
+    probe_end: bool,
+    state: State,
+}
+
+struct Segment {
+    rx: mpsc::Receiver<Result<Bytes, NetError>>,
+    /// Bytes the segment must deliver, when known.
+    expected: Option<u64>,
+    got: u64,
+}
+
+enum State {
+    Reading,
+    Done,
+    Failed(io::ErrorKind, String),
+}
+
+impl BodyReader {
+    /// Starts downloading the object whose first answer is `first`.
+    pub fn start(
+        net: Arc<Net>,
+        opener: Arc<dyn Opener>,
+        first: Opened,
+        plan: Plan,
+    ) -> io::Result<BodyReader> {
+        let identity = Identity::of(&first);
+        let parallel = plan.connections > 1
+            && identity.accepts_ranges
+            && !identity.validators.is_empty()
+            && identity.total.is_some_and(|t| t >= PARALLEL_MIN);
+        let mut reader = BodyReader {
+            net,
+            opener,
+            identity,
+            segments: VecDeque::new(),
+            next: None,
+            current: Bytes::new(),
+            probe_end: plan.probe_end,
+            state: State::Reading,
+        };
+        if parallel {
+            let total = reader.identity.total.unwrap_or_default();
+            tracing::debug!(
+                connections = plan.connections,
+                total,
+                "parallel ranged download"
+            );
+            reader.spawn(
+                Span {
+                    start: 0,
+                    end: Some(SEGMENT),
+                },
+                Some(first),
+            )?;
+            reader.next = Some(SEGMENT);
+            for _ in 1..plan.connections {
+                reader.spawn_next()?;
+            }
+        } else {
+            let span = Span {
+                start: 0,
+                end: None,
+            };
+            reader.spawn(span, Some(first))?;
+        }
+        Ok(reader)
+    }
+
+    fn spawn(&mut self, span: Span, first: Option<Opened>) -> io::Result<()> {
+        let total = self.identity.total;
+        let expected = match span.end {
+            Some(end) => Some(end - span.start),
+            None => total.map(|t| t - span.start),
+        };
+        let depth = match span.end {
+            Some(end) => ((end - span.start) as usize).div_ceil(CHUNK) + 1,
+            None => QUEUE,
+        };
+        let (tx, rx) = mpsc::channel(depth);
+        let net = self.net.clone();
+        let opener = self.opener.clone();
+        let identity = self.identity.clone();
+        runtime()?.spawn(async move {
+            if let Err(error) = deliver(&net, &*opener, &identity, span, first, &tx).await {
+                let _ = tx.send(Err(error)).await;
+            }
+        });
+        self.segments.push_back(Segment {
+            rx,
+            expected,
+            got: 0,
+        });
+        Ok(())
+    }
+
+    /// Starts the next parallel segment, if any is left.
+    fn spawn_next(&mut self) -> io::Result<()> {
+        let (Some(start), Some(total)) = (self.next, self.identity.total) else {
+            return Ok(());
+        };
+        if start >= total {
+            self.next = None;
+            return Ok(());
+        }
+        let end = (start + SEGMENT).min(total);
+        self.spawn(
+            Span {
+                start,
+                end: Some(end),
+            },
+            None,
+        )?;
+        self.next = Some(end);
+        Ok(())
+    }
+
+    fn fail(&mut self, error: io::Error) -> io::Error {
+        self.state = State::Failed(error.kind(), crate::error::describe_chain(&error));
+        self.segments.clear();
+        error
+    }
+
+    /// Next chunk into `current`; false at the end.
+    fn fill(&mut self) -> io::Result<bool> {
+        loop {
+            match &self.state {
+                State::Done => return Ok(false),
+                State::Failed(kind, text) => return Err(io::Error::new(*kind, text.clone())),
+                State::Reading => {}
+            }
+            let Some(segment) = self.segments.front_mut() else {
+                if self.probe_end {
+                    let (net, opener, identity) =
+                        (self.net.clone(), self.opener.clone(), self.identity.clone());
+                    let probe = block_on(async move { probe_end(&net, &*opener, &identity).await });
+                    if let Err(error) = probe.and_then(|r| r.map_err(NetError::into_io)) {
+                        return Err(self.fail(error));
+                    }
+                }
+                self.state = State::Done;
+                return Ok(false);
+            };
+            match segment.rx.blocking_recv() {
+                Some(Ok(chunk)) => {
+                    segment.got += chunk.len() as u64;
+                    self.current = chunk;
+                    return Ok(true);
+                }
+                Some(Err(error)) => return Err(self.fail(error.into_io())),
+                None => {
+                    if let Some(expected) = segment.expected.filter(|e| segment.got < *e) {
+                        let error = io::Error::other(format!(
+                            "{}: the download task ended after {} of {expected} bytes",
+                            self.opener.shown(),
+                            segment.got
+                        ));
+                        return Err(self.fail(error));
+                    }
+                    self.segments.pop_front();
+                    self.spawn_next()?;
+                }
+            }
+        }
+    }
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        while self.current.is_empty() {
+            if !self.fill()? {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}
+
+/// Runs `work` on the shared runtime and waits for it from a blocking thread
+/// (which may itself belong to another runtime).
+pub fn block_on<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> io::Result<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime()?.spawn(async move {
+        let _ = tx.send(work.await);
+    });
+    rx.recv()
+        .map_err(|_| io::Error::other("the network task stopped without a result"))
+}

@@ -1,0 +1,821 @@
+//! The network layer against real servers and real faults: the team's
+//! docker-registry (basic auth over TLS, and bearer tokens from
+//! `token_server.py`), nginx and s3s-fs, behind `fault_proxy.py` (drops, RST),
+//! `stall_proxy.py` (a silent, open socket) and `status_front.py` (503/429 with
+//! Retry-After), all from `../shared/servers` on 127.0.0.1. Every import that
+//! survives a fault must end identical to `qemu-img convert -O raw`; wrong
+//! credentials must fail without a retry and say so; SIGTERM during a stalled
+//! read must end `diskimport import` with its termination message within the
+//! kubelet's grace; and no password, token or query string may appear in any
+//! output, debug log lines included.
+
+mod common;
+#[path = "common/servers.rs"]
+mod servers;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use servers::{
+    find_program, parse_env, port_open, require_servers, FaultProxy, Server, START_TIMEOUT,
+};
+
+/// The grace period a stalled import must end within after SIGTERM.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// A started helper script on a kernel-chosen port (it prints its port file).
+struct Helper {
+    _server: Server,
+    port: u16,
+}
+
+/// Starts `python3 SERVERS/script args... --port 0 --port-file F` and waits
+/// for its port file.
+fn helper(servers: &Path, work: &Path, name: &str, script: &str, args: &[String]) -> Helper {
+    fs::create_dir_all(work).unwrap();
+    let port_file = work.join(format!("{name}.port"));
+    // A name used before must not hand back the previous helper's port.
+    let _ = fs::remove_file(&port_file);
+    let mut argv: Vec<String> = vec![servers.join(script).display().to_string()];
+    argv.extend(args.iter().cloned());
+    argv.extend([
+        "--port".into(),
+        "0".into(),
+        "--port-file".into(),
+        port_file.display().to_string(),
+        "--max-seconds".into(),
+        "120".into(),
+    ]);
+    let argv: Vec<&std::ffi::OsStr> = argv.iter().map(std::ffi::OsStr::new).collect();
+    let python = find_program("python3").expect("python3");
+    let mut server = Server::spawn(name, &python, &argv, &[], &work.join(format!("{name}.log")));
+    server.wait_until("its port file", START_TIMEOUT, || {
+        fs::read_to_string(&port_file).is_ok_and(|t| t.trim().parse::<u16>().is_ok())
+    });
+    let port = fs::read_to_string(&port_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    Helper {
+        _server: server,
+        port,
+    }
+}
+
+/// A registry from `registry_start.sh` (FOREGROUND: the child is the registry).
+struct Registry {
+    _server: Server,
+    env: std::collections::HashMap<String, String>,
+    work: PathBuf,
+}
+
+impl Registry {
+    fn start(servers: &Path, work: &Path, mode: &[&str]) -> Registry {
+        fs::create_dir_all(work).unwrap();
+        let mut args: Vec<&std::ffi::OsStr> = vec![work.as_os_str()];
+        args.extend(mode.iter().map(std::ffi::OsStr::new));
+        let mut server = Server::spawn(
+            "registry",
+            &servers.join("registry_start.sh"),
+            &args,
+            &[("FOREGROUND", "1")],
+            &work.join("registry.log"),
+        );
+        let env_file = work.join("env");
+        server.wait_until("its env file", START_TIMEOUT, || {
+            fs::read_to_string(&env_file).is_ok_and(|t| t.contains("REG_PORT="))
+        });
+        let env = parse_env(&fs::read_to_string(&env_file).unwrap())
+            .into_iter()
+            .map(|(k, v)| (k, v.trim_matches('"').to_string()))
+            .collect::<std::collections::HashMap<_, _>>();
+        let port: u16 = env["REG_PORT"].parse().unwrap();
+        server.wait_until("its port", START_TIMEOUT, || port_open(port));
+        Registry {
+            _server: server,
+            env,
+            work: work.to_path_buf(),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.env["REG_PORT"].parse().unwrap()
+    }
+
+    fn ca_dir(&self) -> PathBuf {
+        PathBuf::from(&self.env["REG_CA_DIR"])
+    }
+
+    fn user(&self) -> &str {
+        &self.env["REG_USER"]
+    }
+
+    fn pass(&self) -> &str {
+        &self.env["REG_PASS"]
+    }
+
+    fn push(&self, layout: &Path, repo_tag: &str) {
+        let out = Command::new("skopeo")
+            .args(["copy", "-q", "--dest-cert-dir"])
+            .arg(self.ca_dir())
+            .arg("--dest-creds")
+            .arg(format!("{}:{}", self.user(), self.pass()))
+            .arg(format!("oci:{}:v1", layout.display()))
+            .arg(format!("docker://127.0.0.1:{}/{repo_tag}", self.port()))
+            .stdin(Stdio::null())
+            .output()
+            .expect("skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo push: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The certificate directory `mk_certs.sh` made (server chain and key).
+    fn certs(&self) -> PathBuf {
+        self.work.join("certs")
+    }
+}
+
+/// A 16 MiB qcow2 of random data, its qemu-img raw conversion, and a
+/// containerDisk layout of it (one gzip layer); returns (layout, reference
+/// raw, layer digest).
+fn image(work: &Path) -> (PathBuf, PathBuf, String) {
+    let raw = work.join("raw.img");
+    let mut data = vec![0u8; 16 << 20];
+    let mut x = 0x2545_f491_u64;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    fs::write(&raw, data).unwrap();
+    let qcow2 = work.join("disk.qcow2");
+    let reference = work.join("ref.raw");
+    let run = common::qemu_img(&[
+        "convert".as_ref(),
+        "-f".as_ref(),
+        "raw".as_ref(),
+        "-O".as_ref(),
+        "qcow2".as_ref(),
+        raw.as_os_str(),
+        qcow2.as_os_str(),
+    ]);
+    assert!(run.ok(), "{}", run.describe());
+    common::qemu_convert("qcow2", &qcow2, &reference).unwrap();
+    let layout = work.join("layout");
+    let out = Command::new("python3")
+        .arg(servers::servers_dir().join("make_containerdisk.py"))
+        .arg("--disk")
+        .arg(&qcow2)
+        .arg("--out")
+        .arg(&layout)
+        .args(["--tag", "v1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = summary["layers"].as_array().unwrap();
+    let digest = layers.last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (layout, reference, digest)
+}
+
+/// `diskimport convert --quiet ... SPEC TARGET` with a debug log (so every
+/// log line is checked for secrets too), killed after [`common::TIMEOUT`].
+fn convert(spec: &str, target: &Path, extra: &[&str]) -> common::Run {
+    let mut args: Vec<String> = vec!["convert".into(), "--quiet".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(spec.into());
+    args.push(target.display().to_string());
+    let started = Instant::now();
+    let mut child = Command::new(common::BIN)
+        .args(&args)
+        .env("DISKIMPORT_LOG", "debug")
+        .env_remove("DISKIMPORT_USERNAME")
+        .env_remove("DISKIMPORT_PASSWORD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = pipe.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > common::TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    common::Run {
+        cmdline: format!("diskimport {}", args.join(" ")),
+        status,
+        stdout: out.join().unwrap(),
+        stderr: String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// The secrets a run must never print.
+fn assert_no_secret(run: &common::Run, secrets: &[&str], failures: &mut Vec<String>, what: &str) {
+    let text = format!("{}{}", run.stderr, run.stdout_str());
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        if text.contains(secret) {
+            failures.push(format!(
+                "{what}: {secret:?} appears in the output: {}",
+                run.describe()
+            ));
+        }
+    }
+    // A JWT (the bearer token) starts with the base64 of `{"`.
+    if text.contains("eyJ") {
+        failures.push(format!(
+            "{what}: a token appears in the output: {}",
+            run.describe()
+        ));
+    }
+}
+
+fn check_identical(
+    run: &common::Run,
+    target: &Path,
+    reference: &Path,
+    what: &str,
+    failures: &mut Vec<String>,
+) {
+    if !run.ok() {
+        failures.push(format!("{what}: {}", run.describe()));
+    } else if let Err(e) = common::compare_files(target, reference) {
+        failures.push(format!("{what}: output differs from qemu-img's: {e}"));
+    } else {
+        eprintln!("{what}: identical");
+    }
+}
+
+/// Every fault the issue lists, against one registry mode.
+fn registry_survives_faults(mode: &[&str], repo: &str, with_credentials: bool) {
+    let Some(servers) = require_servers(&[
+        "docker-registry",
+        "skopeo",
+        "htpasswd",
+        "qemu-img",
+        "python3",
+    ]) else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("net-faults")
+        .tempdir()
+        .unwrap();
+    let work = dir.path();
+    let (layout, reference, layer) = image(work);
+    let registry = Registry::start(&servers, &work.join("reg"), mode);
+    registry.push(&layout, repo);
+    let ca = registry.ca_dir();
+    let ca = ca.display().to_string();
+    let mut auth: Vec<&str> = vec!["--ca-dir", &ca];
+    if with_credentials {
+        auth.extend(["--username", registry.user(), "--password", registry.pass()]);
+    }
+    let mut failures = Vec::new();
+    let secrets = [registry.pass()];
+    let up = format!("127.0.0.1:{}", registry.port());
+
+    // Drops and a reset through fault_proxy: cut the connections that reach 3 MB.
+    for (name, args) in [
+        ("one drop", vec!["--drops", "1"]),
+        ("five drops", vec!["--drops", "5"]),
+        ("a reset", vec!["--drops", "1", "--drop-rst"]),
+    ] {
+        let mut argv: Vec<String> = vec![
+            "--upstream".into(),
+            up.clone(),
+            "--drop-after".into(),
+            "3000000".into(),
+            "--drop-times".into(),
+            "0".into(),
+        ];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let proxy = helper(&servers, work, "fault", "fault_proxy.py", &argv);
+        let target = work.join("out.raw");
+        let _ = fs::remove_file(&target);
+        let run = convert(
+            &format!("docker://127.0.0.1:{}/{repo}", proxy.port),
+            &target,
+            &auth,
+        );
+        let cuts = fs::read_to_string(work.join("fault.log"))
+            .unwrap_or_default()
+            .matches("dropped")
+            .count();
+        if cuts == 0 {
+            failures.push(format!("{name}: the proxy cut nothing"));
+        }
+        check_identical(&run, &target, &reference, name, &mut failures);
+        assert_no_secret(&run, &secrets, &mut failures, name);
+        drop(proxy);
+    }
+
+    // A stall: the first connection that reaches 3 MB goes silent, socket open.
+    {
+        let argv: Vec<String> = vec![
+            "--upstream".into(),
+            up.clone(),
+            "--stall-after".into(),
+            "3000000".into(),
+            "--stall-times".into(),
+            "1".into(),
+        ];
+        let proxy = helper(&servers, work, "stall", "stall_proxy.py", &argv);
+        let target = work.join("out.raw");
+        let _ = fs::remove_file(&target);
+        let mut args = auth.clone();
+        args.extend(["--stall-timeout", "2"]);
+        let run = convert(
+            &format!("docker://127.0.0.1:{}/{repo}", proxy.port),
+            &target,
+            &args,
+        );
+        let stalls = fs::read_to_string(work.join("stall.log"))
+            .unwrap_or_default()
+            .matches("stalled")
+            .count();
+        if stalls == 0 {
+            failures.push("a stall: the proxy never stalled".into());
+        }
+        check_identical(&run, &target, &reference, "a stall", &mut failures);
+        drop(proxy);
+    }
+
+    // Two 503s on the manifest, two 429s on the layer, each with Retry-After 1.
+    for (name, status, matching) in [
+        ("two 503 on the manifest", "503", "/manifests/".to_string()),
+        ("two 429 on the layer", "429", format!("/blobs/{layer}")),
+    ] {
+        let certs = registry.certs();
+        let argv: Vec<String> = vec![
+            "--upstream".into(),
+            format!("https://{up}"),
+            "--upstream-ca".into(),
+            format!("{ca}/ca.crt"),
+            "--tls-cert".into(),
+            certs.join("server-chain.crt").display().to_string(),
+            "--tls-key".into(),
+            certs.join("server.key").display().to_string(),
+            "--match".into(),
+            matching,
+            "--count".into(),
+            "2".into(),
+            "--status".into(),
+            status.into(),
+            "--retry-after".into(),
+            "1".into(),
+            "--log".into(),
+            work.join("front.jsonl").display().to_string(),
+        ];
+        let _ = fs::remove_file(work.join("front.jsonl"));
+        let front = helper(&servers, work, "front", "status_front.py", &argv);
+        let target = work.join("out.raw");
+        let _ = fs::remove_file(&target);
+        let run = convert(
+            &format!("docker://127.0.0.1:{}/{repo}", front.port),
+            &target,
+            &auth,
+        );
+        let injected = fs::read_to_string(work.join("front.jsonl"))
+            .unwrap_or_default()
+            .matches("\"injected\"")
+            .count();
+        if injected != 2 {
+            failures.push(format!("{name}: {injected} injected instead of 2"));
+        }
+        if !run.stderr.contains(&format!("HTTP {status}")) {
+            failures.push(format!(
+                "{name}: the retry line does not name the status: {}",
+                run.describe()
+            ));
+        }
+        check_identical(&run, &target, &reference, name, &mut failures);
+        drop(front);
+    }
+
+    // Wrong credentials: refused without a single retry, and said so.
+    {
+        let target = work.join("out.raw");
+        let _ = fs::remove_file(&target);
+        let wrong = format!("not-{}", registry.pass());
+        let args = vec![
+            "--ca-dir",
+            &ca,
+            "--username",
+            registry.user(),
+            "--password",
+            &wrong,
+        ];
+        let run = convert(&registry_spec(&registry, repo), &target, &args);
+        if run.ok()
+            || !run.stderr.contains("authentication failed")
+            || run.stderr.contains("retrying")
+        {
+            failures.push(format!("wrong password: {}", run.describe()));
+        }
+        if target.exists() {
+            failures.push("wrong password: a target was left".into());
+        }
+        assert_no_secret(&run, &[&wrong], &mut failures, "wrong password");
+    }
+    common::finish(&format!("registry {mode:?}"), failures);
+}
+
+fn registry_spec(registry: &Registry, repo: &str) -> String {
+    format!("docker://127.0.0.1:{}/{repo}", registry.port())
+}
+
+#[test]
+fn registry_with_basic_auth_over_tls_survives_drops_resets_stalls_503_and_429() {
+    registry_survives_faults(&["tls", "auth"], "cd/test:v1", true);
+}
+
+#[test]
+fn registry_with_bearer_tokens_survives_drops_resets_stalls_503_and_429() {
+    registry_survives_faults(&["token"], "private/test:v1", true);
+}
+
+/// `diskimport import` with CDI's environment for `endpoint`, SIGTERMed once
+/// `stall_log` says the transfer stalled: it must exit within [`GRACE`] with
+/// a termination message.
+fn sigterm_during_stall(
+    root: &Path,
+    env: &[(&str, String)],
+    stall_log: &Path,
+    what: &str,
+    failures: &mut Vec<String>,
+) {
+    fs::create_dir_all(root.join("data")).unwrap();
+    fs::create_dir_all(root.join("dev")).unwrap();
+    let mut cmd = Command::new(common::BIN);
+    cmd.args([
+        "import",
+        "--status-port",
+        "0",
+        "--status-addr",
+        "127.0.0.1",
+        "--root",
+    ])
+    .arg(root)
+    .env_clear()
+    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    .env("IMPORTER_CONTENTTYPE", "kubevirt")
+    .env("OWNER_UID", "uid-net-faults")
+    .env("IMPORTER_IMAGE_SIZE", "64Mi")
+    .env("FILESYSTEM_OVERHEAD", "0")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fs::read_to_string(stall_log)
+        .unwrap_or_default()
+        .contains("stalled")
+    {
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            failures.push(format!("{what}: the transfer never stalled"));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if sent.elapsed() > GRACE {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let message = fs::read_to_string(root.join("dev/termination-log")).unwrap_or_default();
+    match status {
+        None => failures.push(format!("{what}: still running {GRACE:?} after SIGTERM")),
+        Some(s) if s.success() => failures.push(format!("{what}: exit 0 after SIGTERM")),
+        Some(_) if !message.contains("termination signal") => {
+            failures.push(format!("{what}: termination message {message:?}"))
+        }
+        Some(_) => eprintln!("{what}: ended after SIGTERM: {message}"),
+    }
+}
+
+#[test]
+fn sigterm_during_a_stalled_read_ends_the_import_with_its_message_for_each_source() {
+    let Some(servers) = require_servers(&[
+        "docker-registry",
+        "skopeo",
+        "htpasswd",
+        "nginx",
+        "qemu-img",
+        "python3",
+    ]) else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("net-sigterm")
+        .tempdir()
+        .unwrap();
+    let work = dir.path();
+    let (layout, _reference, _) = image(work);
+    let mut failures = Vec::new();
+
+    // Registry (bearer tokens).
+    let registry = Registry::start(&servers, &work.join("reg"), &["token"]);
+    registry.push(&layout, "containerdisks/test:v1");
+    let argv: Vec<String> = vec![
+        "--upstream".into(),
+        format!("127.0.0.1:{}", registry.port()),
+        "--stall-after".into(),
+        "3000000".into(),
+        "--stall-times".into(),
+        "1".into(),
+    ];
+    let proxy = helper(&servers, work, "stall-reg", "stall_proxy.py", &argv);
+    let root = work.join("root-reg");
+    fs::create_dir_all(root.join("certs")).unwrap();
+    fs::copy(registry.ca_dir().join("ca.crt"), root.join("certs/ca.crt")).unwrap();
+    sigterm_during_stall(
+        &root,
+        &[
+            ("IMPORTER_SOURCE", "registry".into()),
+            (
+                "IMPORTER_ENDPOINT",
+                format!("docker://127.0.0.1:{}/containerdisks/test:v1", proxy.port),
+            ),
+            ("IMPORTER_CERT_DIR", "/certs".into()),
+        ],
+        &work.join("stall-reg.log"),
+        "registry",
+        &mut failures,
+    );
+    drop(proxy);
+
+    // http (nginx).
+    let www = work.join("www");
+    fs::create_dir_all(&www).unwrap();
+    fs::copy(work.join("disk.qcow2"), www.join("disk.qcow2")).unwrap();
+    let nginx = servers::Nginx::start(&servers, &work.join("nginx"), &www);
+    let argv: Vec<String> = vec![
+        "--upstream".into(),
+        format!("127.0.0.1:{}", nginx.http_port),
+        "--stall-after".into(),
+        "3000000".into(),
+        "--stall-times".into(),
+        "1".into(),
+    ];
+    let proxy = helper(&servers, work, "stall-http", "stall_proxy.py", &argv);
+    sigterm_during_stall(
+        &work.join("root-http"),
+        &[
+            ("IMPORTER_SOURCE", "http".into()),
+            (
+                "IMPORTER_ENDPOINT",
+                format!("http://127.0.0.1:{}/disk.qcow2", proxy.port),
+            ),
+        ],
+        &work.join("stall-http.log"),
+        "http",
+        &mut failures,
+    );
+    drop(proxy);
+
+    // S3 (s3s-fs), when installed; the other sources do not wait for it.
+    let s3s = std::env::var_os("S3S_FS")
+        .map(PathBuf::from)
+        .or_else(|| find_program("s3s-fs"));
+    match s3s {
+        None if std::env::var_os("CI").is_some() => {
+            failures.push("s3s-fs missing (CI is set)".into())
+        }
+        None => common::note("skipped the S3 part: s3s-fs not found (set S3S_FS)"),
+        Some(bin) => {
+            let s3 = work.join("s3");
+            fs::create_dir_all(&s3).unwrap();
+            let out = Command::new(servers.join("s3_start.sh"))
+                .arg(&s3)
+                .env("S3S_FS", &bin)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "s3_start.sh: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let env = parse_env(&fs::read_to_string(s3.join("env")).unwrap());
+            let get = |k: &str| env[k].trim_matches('"').to_string();
+            let s3_pid: i32 = get("S3_PID").parse().unwrap();
+            let root_dir = PathBuf::from(get("S3_ROOT"));
+            fs::create_dir_all(root_dir.join("images")).unwrap();
+            fs::copy(work.join("disk.qcow2"), root_dir.join("images/disk.qcow2")).unwrap();
+            let argv: Vec<String> = vec![
+                "--upstream".into(),
+                format!("127.0.0.1:{}", get("S3_PORT")),
+                "--stall-after".into(),
+                "3000000".into(),
+                "--stall-times".into(),
+                "1".into(),
+            ];
+            let proxy = helper(&servers, work, "stall-s3", "stall_proxy.py", &argv);
+            sigterm_during_stall(
+                &work.join("root-s3"),
+                &[
+                    ("IMPORTER_SOURCE", "s3".into()),
+                    (
+                        "IMPORTER_ENDPOINT",
+                        format!("http://127.0.0.1:{}/images/disk.qcow2", proxy.port),
+                    ),
+                    ("IMPORTER_ACCESS_KEY_ID", get("S3_ACCESS_KEY")),
+                    ("IMPORTER_SECRET_KEY", get("S3_SECRET_KEY")),
+                ],
+                &work.join("stall-s3.log"),
+                "s3",
+                &mut failures,
+            );
+            drop(proxy);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(s3_pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    common::finish("SIGTERM during a stall", failures);
+}
+
+#[test]
+fn http_messages_and_log_lines_show_no_credentials_and_no_query() {
+    let Some(servers) = require_servers(&["nginx", "htpasswd", "python3", "qemu-img"]) else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("net-secrets")
+        .tempdir()
+        .unwrap();
+    let work = dir.path();
+    let www = work.join("www");
+    fs::create_dir_all(&www).unwrap();
+    let data: Vec<u8> = (0..(8u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(www.join("disk.raw"), &data).unwrap();
+    let nginx = servers::Nginx::start(&servers, &work.join("nginx"), &www);
+    let mut failures = Vec::new();
+    let secrets = ["pa55word", "tok3n-value", "X-Amz-Signature", "sig-value"];
+    let query = "?token=tok3n-value&X-Amz-Signature=sig-value";
+
+    // A drop mid-body (warn lines on the resume), URL with user info and query.
+    let proxy = FaultProxy::start(
+        &servers,
+        &work.join("fp"),
+        nginx.http_port,
+        &["--drop-after", "3000000", "--drop-times", "1"],
+    );
+    let target = work.join("out.raw");
+    let spec = format!(
+        "http://someone:pa55word@127.0.0.1:{}/disk.raw{query}",
+        proxy.port
+    );
+    let run = convert(&spec, &target, &[]);
+    if !run.ok() || fs::read(&target).map(|t| t != data).unwrap_or(true) {
+        failures.push(format!("resumed download: {}", run.describe()));
+    }
+    assert_no_secret(&run, &secrets, &mut failures, "resumed download");
+    drop(proxy);
+
+    // Failures: a 404, bad credentials, an unparsable URL, a refused connection.
+    for (what, spec, extra) in [
+        (
+            "404",
+            format!("http://127.0.0.1:{}/missing.raw{query}", nginx.http_port),
+            vec![],
+        ),
+        (
+            "401",
+            format!(
+                "http://127.0.0.1:{}/private/disk.raw{query}",
+                nginx.http_port
+            ),
+            vec!["--username", "someone", "--password", "pa55word"],
+        ),
+        (
+            "unparsable",
+            format!("http://someone:pa55word@[::1/x{query}"),
+            vec![],
+        ),
+        (
+            "refused",
+            format!("http://someone:pa55word@127.0.0.1:1/x{query}"),
+            vec!["--stall-timeout", "1"],
+        ),
+    ] {
+        let run = convert(&spec, &work.join("fail.raw"), &extra);
+        if run.ok() {
+            failures.push(format!("{what}: succeeded: {}", run.describe()));
+        }
+        assert_no_secret(&run, &secrets, &mut failures, what);
+    }
+    common::finish("no secret in http output", failures);
+}
+
+#[test]
+fn a_large_object_comes_over_parallel_ranges_and_a_dropped_range_is_resumed_alone() {
+    let Some(servers) = require_servers(&["nginx", "htpasswd", "python3"]) else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("net-parallel")
+        .tempdir()
+        .unwrap();
+    let work = dir.path();
+    let www = work.join("www");
+    fs::create_dir_all(&www).unwrap();
+    // 40 MiB, above the size from which ranges are fetched in parallel.
+    let data: Vec<u8> = (0..(40u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    fs::write(www.join("disk.raw"), &data).unwrap();
+    let nginx = servers::Nginx::start(&servers, &work.join("nginx"), &www);
+    let mut failures = Vec::new();
+    // The first connection that carries 3 MB is cut once.
+    let proxy = FaultProxy::start(
+        &servers,
+        &work.join("fp"),
+        nginx.http_port,
+        &[
+            "--drop-after",
+            "3000000",
+            "--drop-times",
+            "0",
+            "--drops",
+            "1",
+        ],
+    );
+    let target = work.join("out.raw");
+    let run = convert(&proxy.url("disk.raw"), &target, &["--connections", "4"]);
+    if !run.ok() || fs::read(&target).map(|t| t != data).unwrap_or(true) {
+        failures.push(format!("parallel download: {}", run.describe()));
+    }
+    let log = nginx.access_log();
+    let ranged = log
+        .lines()
+        .filter(|l| l.contains("GET /disk.raw") && l.contains("\" 206 "))
+        .count();
+    if ranged < 8 {
+        failures.push(format!("only {ranged} ranged GETs in nginx's log:\n{log}"));
+    }
+    if !run.stderr.contains("resuming") {
+        failures.push(format!("no range was resumed: {}", run.describe()));
+    }
+    // One connection: a single GET and no range.
+    let before = nginx.access_log().lines().count();
+    let direct = format!("http://127.0.0.1:{}/disk.raw", nginx.http_port);
+    let run = convert(&direct, &work.join("one.raw"), &["--connections", "1"]);
+    let new: Vec<String> = nginx
+        .access_log()
+        .lines()
+        .skip(before)
+        .map(str::to_string)
+        .collect();
+    if !run.ok() || new.iter().filter(|l| l.contains("GET /disk.raw")).count() != 2 {
+        // The whole object, then the probe for bytes beyond its length.
+        failures.push(format!("--connections 1 made {new:?}: {}", run.describe()));
+    }
+    common::finish("parallel ranges", failures);
+}
