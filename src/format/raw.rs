@@ -82,14 +82,14 @@ pub fn convert_stream(
 ) -> Result<ImageSummary, ImageError> {
     let fail = |e: StreamError| ImageError::stream(format, e);
     let mut held = HeldTail::default();
-    while let Some(chunk) = stream
-        .next_chunk()
-        .map_err(|e| fail(StreamError::Read(e)))?
-    {
-        let ahead = stream
-            .peek(TAIL)
-            .map_err(|e| fail(StreamError::Read(e)))?
-            .len();
+    let mut next = || stream.next_chunk().map_err(|e| fail(StreamError::Read(e)));
+    // One chunk of look-ahead: what follows the current chunk says how much of it
+    // may still be the tail (more than needed when the next chunk is short, which
+    // only delays those bytes).
+    let mut current = next()?;
+    while let Some(chunk) = current.take() {
+        current = next()?;
+        let ahead = current.as_ref().map_or(0, |c| c.len()).min(TAIL);
         for extent in held.push(chunk, TAIL - ahead) {
             sink.write(extent).map_err(|e| fail(e.into()))?;
         }
