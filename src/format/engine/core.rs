@@ -173,6 +173,8 @@ pub struct Claims<'a> {
     /// The format said every table it has is claimed (see
     /// [`Claims::all_tables_claimed`]).
     tables_all_claimed: bool,
+    /// Reading stopped once the tables were in (metadata only).
+    stopped_early: bool,
 }
 
 /// Streams one image of format `F` from `stream` into `sink`; the first `cursor`
@@ -211,6 +213,7 @@ impl<F: TableFormat> Engine<'_, '_, F> {
         }
         if self.claims.only_metadata_and_done() {
             read_to_end = false;
+            self.claims.stopped_early = true;
         }
         self.finish_at_eof()?;
         self.claims.drain_pool()?;
@@ -392,12 +395,19 @@ impl<'a> Claims<'a> {
             stages: options.stages.clone(),
             metadata_only: options.metadata_only,
             tables_all_claimed: false,
+            stopped_early: false,
         }
     }
 
     /// Reading only tables, and every table is in: nothing more to read.
     fn only_metadata_and_done(&self) -> bool {
         self.metadata_only && self.metadata_complete && self.wants.is_empty()
+    }
+
+    /// True in [`TableFormat::finish`] when reading stopped once the tables were in
+    /// (metadata only): checks of what follows them (a trailing footer) do not apply.
+    pub fn stopped_early(&self) -> bool {
+        self.stopped_early
     }
 
     /// The format tells the engine that every table the image has is now claimed

@@ -279,7 +279,7 @@ impl TableFormat for VhdTables {
     /// it is truncated, even if every block arrived.
     fn finish(&mut self, claims: &mut Claims<'_>) -> Result<(), Fault> {
         let end = claims.cursor();
-        if end < self.footer_at.saturating_add(FOOTER_LEN as u64) {
+        if !claims.stopped_early() && end < self.footer_at.saturating_add(FOOTER_LEN as u64) {
             return Err(VhdError::MissingEndFooter {
                 stream_end: end,
                 footer_at: self.footer_at,
