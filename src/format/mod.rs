@@ -14,6 +14,7 @@ pub mod raw;
 pub mod registry;
 pub mod sniff;
 pub mod summary;
+pub mod vhdx;
 
 pub use engine::{ImageError, ImageErrorKind, MapEntry, StreamOptions, DEFAULT_MEMORY_BUDGET};
 pub use registry::{probe, ImageReader, Probed};
