@@ -4,10 +4,10 @@
 //! need a replay are refused.
 //!
 //! The virtual size is in the metadata region, which every producer puts in the
-//! first 4 MiB: the reader looks ahead that far (never past the memory budget) to
-//! parse the metadata before the engine starts, then the engine reads the BAT and
-//! the blocks in stream order (holding back, or spilling, what comes before the
-//! BAT).
+//! first 4 MiB: the reader looks ahead that far (never past the memory budget, or
+//! 16 MiB if that is less) to parse the metadata before the engine starts, then the
+//! engine reads the BAT and the blocks in stream order (holding back, or spilling,
+//! what comes before the BAT). A metadata region further in is refused, naming it.
 //!
 //! - `header`: file type identifier, headers, region table.
 //! - `metadata`: the metadata table and items (block size, sizes, flags).
@@ -40,6 +40,10 @@ use crate::stream::ChunkStream;
 use header::{HeaderSection, HEAD_LEN};
 use metadata::{Item, Parameters, ITEMS};
 use tables::VhdxTables;
+
+/// How far the reader may look ahead for the metadata even under a smaller memory
+/// budget: past every producer's layout (qemu with a 4 MiB log puts it at 6 MiB).
+const LOOKAHEAD_FLOOR: u64 = 16 << 20;
 
 /// The VHDX entry of the format registry.
 pub struct VhdxReader;
@@ -149,7 +153,8 @@ pub fn convert_stream(
     let head = stream.read_up_to(HEAD_LEN).map_err(read_error)?;
     let section = HeaderSection::parse(&head).map_err(|e| ImageError::format("vhdx", e))?;
     drop(head);
-    let params = read_parameters(stream, &section, options.memory_budget)?;
+    let limit = options.memory_budget.max(LOOKAHEAD_FLOOR);
+    let params = read_parameters(stream, &section, limit)?;
     let mut tables = VhdxTables::new(section.clone(), params);
     let engine = run_engine(&mut tables, HEAD_LEN as u64, stream, sink, options)?;
     let log = if section.header.log_guid.is_zero() {
