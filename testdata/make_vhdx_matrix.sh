@@ -126,9 +126,9 @@ finish "$name" k4
 
 # Larger than 4 GiB with little data (and more than 4096 blocks of 1 MiB, so the
 # BAT holds a sector-bitmap entry between payload entries).
-name=big_5g
-qemu-img create -q -f vhdx -o block_size=1M "$name.vhdx" 5G
-scatter "$name.vhdx" "0:4096" "$((4095 * MiB)):2097152" "$((4608 * MiB + 12345 * 512)):65536" "$((5 * 1024 * MiB - 4096)):4096"
+name=big_4160m
+qemu-img create -q -f vhdx -o block_size=1M "$name.vhdx" 4160M
+scatter "$name.vhdx" "0:4096" "$((4095 * MiB)):2097152" "$((4128 * MiB + 12345 * 512)):65536" "$((4160 * MiB - 4096)):4096"
 finish "$name" big,k4
 
 # Odd virtual size (qemu rounds it up to 512): the last block is partial.
