@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
+use common::loop_device::LoopDevice;
 use common::*;
 use serde_json::Value;
 
@@ -522,55 +523,6 @@ fn four_k_sector_twins_convert_like_their_512_byte_twins() {
 
 // ---- block devices ----
 
-/// A loop device over a sparse file filled with random bytes, detached on drop.
-struct LoopDevice {
-    device: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl LoopDevice {
-    fn new(size: u64, sector: u32) -> Option<LoopDevice> {
-        let dir = tempfile::tempdir().unwrap();
-        let backing = dir.path().join("backing.img");
-        File::create(&backing).unwrap().set_len(size).unwrap();
-        let out = Command::new("losetup")
-            .args(["-f", "--show", "--sector-size", &sector.to_string()])
-            .arg(&backing)
-            .output();
-        let device = match out {
-            Ok(o) if o.status.success() => {
-                PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string())
-            }
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                    Err(e) => e.to_string(),
-                };
-                if std::env::var_os("CI").is_some() {
-                    panic!("CI is set but no loop device could be made (root needed): {why}");
-                }
-                note(&format!("skipped: no loop device ({why}); run as root"));
-                return None;
-            }
-        };
-        let dev = LoopDevice { device, _dir: dir };
-        let status = Command::new("dd")
-            .args(["if=/dev/urandom", "bs=1M", "status=none", "oflag=direct"])
-            .arg(format!("of={}", dev.device.display()))
-            .arg(format!("count={}", size >> 20))
-            .status()
-            .unwrap();
-        assert!(status.success(), "filling the device");
-        Some(dev)
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
-    }
-}
-
 fn onto_block_device(sector: u32) {
     let Some(dev) = LoopDevice::new(32 * MIB, sector) else {
         return;
@@ -765,6 +717,21 @@ fn variants() -> Vec<(&'static str, &'static str, Defect, Expect)> {
                 fix_crc(b, REGION_TABLE, 64 << 10);
             },
             Refuse(&["unknown required region"]),
+        ),
+        (
+            "bat_entry_into_optional_region",
+            "dyn_1m",
+            |b, l| {
+                let (_, e) = first_present(b, l);
+                let n = u32_at(b, REGION_TABLE + 8) as usize;
+                let r = REGION_TABLE + 16 + 32 * n;
+                b[r..r + 16].copy_from_slice(&[0x42; 16]);
+                set_u64(b, r + 16, e >> 20 << 20);
+                set_u32(b, r + 24, MIB as u32);
+                set_u32(b, REGION_TABLE + 8, n as u32 + 1);
+                fix_crc(b, REGION_TABLE, 64 << 10);
+            },
+            Refuse(&["region the reader does not use"]),
         ),
         (
             "region_bat_missing",

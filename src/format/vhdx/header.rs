@@ -74,6 +74,8 @@ pub struct HeaderSection {
     pub bat: Region,
     /// The metadata region.
     pub metadata: Region,
+    /// Regions this reader does not read (not required): still metadata to blocks.
+    pub others: Vec<Region>,
 }
 
 impl HeaderSection {
@@ -93,7 +95,7 @@ impl HeaderSection {
             &bytes[HEADER_2..HEADER_2 + HEADER_LEN],
         )?;
         check_log_placement(&header)?;
-        let (bat, metadata) = parse_region_table(
+        let (bat, metadata, others) = parse_region_table(
             &bytes[REGION_TABLE_1..REGION_TABLE_1 + REGION_TABLE_LEN],
             &header,
         )?;
@@ -102,6 +104,7 @@ impl HeaderSection {
             header,
             bat,
             metadata,
+            others,
         })
     }
 }
@@ -209,7 +212,10 @@ pub fn region_name(g: &Guid) -> String {
 
 /// Region table 1: checksum, signature, count, each entry placed and unique, BAT
 /// and metadata present exactly once, no unknown required region.
-fn parse_region_table(raw: &[u8], header: &Header) -> Result<(Region, Region), VhdxError> {
+fn parse_region_table(
+    raw: &[u8],
+    header: &Header,
+) -> Result<(Region, Region, Vec<Region>), VhdxError> {
     if !checksum_matches(raw, 4) {
         return Err(VhdxError::BadRegionTable("bad checksum"));
     }
@@ -230,6 +236,7 @@ fn parse_region_table(raw: &[u8], header: &Header) -> Result<(Region, Region), V
     )];
     let mut bat = None;
     let mut metadata = None;
+    let mut others = Vec::new();
     for i in 0..count as usize {
         let e = &raw[16 + 32 * i..16 + 32 * (i + 1)];
         let region = Region {
@@ -283,11 +290,12 @@ fn parse_region_table(raw: &[u8], header: &Header) -> Result<(Region, Region), V
                 }
             }
             None if required => return Err(VhdxError::UnknownRequiredRegion(name)),
-            None => {}
+            None => others.push(region),
         }
     }
     Ok((
         bat.ok_or(VhdxError::MissingRegion("BAT"))?,
         metadata.ok_or(VhdxError::MissingRegion("metadata"))?,
+        others,
     ))
 }

@@ -4,8 +4,8 @@
 //! it may need a replay. Each BAT piece turns into data claims (FULLY_PRESENT
 //! blocks) and zero claims (every other payload state).
 //!
-//! Metadata that no block may land on: the header section, the log, the BAT region
-//! and the metadata region. Known garbage: the rest of the header section and a
+//! Metadata that no block may land on: the header section, the log, the BAT region,
+//! the metadata region and any other (optional) region. Known garbage: the rest of the header section and a
 //! log whose GUID is zero. Two blocks sharing host bytes are refused (qemu would
 //! read the same bytes twice; no producer writes that).
 
@@ -155,6 +155,10 @@ impl TableFormat for VhdxTables {
         claims.add_metadata(bat.offset, bat.end(), "BAT region")?;
         claims.add_metadata(md.offset, md.end(), "metadata region")?;
         claims.add_garbage(md.offset, md.end())?;
+        for other in &self.section.others {
+            claims.add_metadata(other.offset, other.end(), "region the reader does not use")?;
+            claims.add_garbage(other.offset, other.end())?;
+        }
         let needed = self.bat_bytes();
         if needed > bat.length {
             return Err(VhdxError::BatTooSmall {

@@ -8,43 +8,12 @@ use bytes::Bytes;
 use super::checksum::crc32c_without_field;
 use super::guid::{self, Guid};
 use super::{convert_stream, VhdxError};
-use crate::extent::{Extent, ExtentKind};
 use crate::format::engine::{ImageError, MapEntry, StreamError, StreamOptions};
 use crate::format::summary::ImageSummary;
-use crate::sink::{ExtentSink, SinkError, SinkSummary};
+use crate::sink::memory::MemorySink;
 use crate::stream::ChunkStream;
 
 const MIB: u64 = 1 << 20;
-
-/// Records extents into a flat buffer of the virtual size (only bounds-checked
-/// beyond 64 MiB).
-#[derive(Default)]
-struct MemorySink {
-    disk: Vec<u8>,
-}
-
-impl ExtentSink for MemorySink {
-    fn set_size(&mut self, size: u64) -> Result<(), SinkError> {
-        if size <= 64 * MIB {
-            self.disk = vec![0xEE; size as usize];
-        }
-        Ok(())
-    }
-    fn write(&mut self, extent: Extent) -> Result<(), SinkError> {
-        let at = extent.guest_offset as usize;
-        if self.disk.is_empty() {
-            return Ok(());
-        }
-        match extent.kind {
-            ExtentKind::Data(b) => self.disk[at..at + b.len()].copy_from_slice(&b),
-            ExtentKind::Zero(n) => self.disk[at..at + n as usize].fill(0),
-        }
-        Ok(())
-    }
-    fn finish(&mut self) -> Result<SinkSummary, SinkError> {
-        Ok(SinkSummary::default())
-    }
-}
 
 /// A VHDX file built structure by structure.
 struct Image {
