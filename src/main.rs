@@ -73,6 +73,11 @@ enum Command {
         /// Print the allocation map as `qemu-img map --output=json` does.
         #[arg(long)]
         map: bool,
+        /// Read the whole image, data too (counts non-zero bytes, finds data
+        /// missing at the end). Without it (and without --map) reading stops
+        /// once the image's tables are in.
+        #[arg(long)]
+        scan: bool,
         #[command(flatten)]
         tuning: Tuning,
         #[command(flatten)]
@@ -89,6 +94,10 @@ struct Tuning {
     /// Directory for the spill file [default: the system temp directory].
     #[arg(long)]
     scratch_dir: Option<PathBuf>,
+    /// Threads that decompress compressed clusters and grains (0: one per
+    /// available core, as the CPU quota allows).
+    #[arg(long, default_value_t = 0)]
+    inflate_threads: usize,
 }
 
 /// Options of network sources (http, s3, docker).
@@ -165,6 +174,7 @@ impl Tuning {
         let mut options = ConvertOptions {
             memory_budget: self.memory_budget,
             collect_map,
+            inflate_threads: self.inflate_threads,
             ..ConvertOptions::default()
         };
         if let Some(dir) = &self.scratch_dir {
@@ -196,9 +206,10 @@ fn main() -> ExitCode {
             source,
             json,
             map,
+            scan,
             tuning,
             source_args,
-        } => info(&source, json, map, &tuning, &source_args),
+        } => info(&source, json, map, scan, &tuning, &source_args),
         Command::Import {
             root,
             status_port,
@@ -374,6 +385,7 @@ fn info(
     source: &str,
     json: bool,
     map: bool,
+    scan: bool,
     tuning: &Tuning,
     source_args: &SourceArgs,
 ) -> Result<(), String> {
@@ -381,8 +393,10 @@ fn info(
     let input = pipeline::open_source(source, &source_args.options()?, &progress)
         .map_err(|e| describe_chain(&e))?;
     let mut sink = NullSink::default();
-    let report = pipeline::run(input, &mut sink, &tuning.options(map), progress)
-        .map_err(|e| describe_chain(&e))?;
+    let mut options = tuning.options(map);
+    options.metadata_only = !map && !scan;
+    let report =
+        pipeline::run(input, &mut sink, &options, progress).map_err(|e| describe_chain(&e))?;
     if map {
         let entries = report.image.map.clone().unwrap_or_default();
         let lines: Vec<String> = entries
@@ -412,13 +426,16 @@ fn info_json(report: &Report) -> serde_json::Value {
         "virtual_size": image.virtual_size,
         "stream_size": image.stream_len,
         "allocated_bytes": image.allocated_bytes.unwrap_or(report.sink.bytes_written),
-        "nonzero_bytes": report.sink.bytes_written,
+        "read_to_end": image.read_to_end,
         "streaming": {
             "mode": image.streaming_mode(),
             "retained_peak_bytes": image.retained_peak,
             "spilled_bytes": image.spilled_bytes,
         },
     });
+    if image.read_to_end {
+        value["nonzero_bytes"] = report.sink.bytes_written.into();
+    }
     if let Some(sub) = &image.subformat {
         value["subformat"] = sub.clone().into();
     }
@@ -454,10 +471,14 @@ fn print_info_text(source: &str, report: &Report) {
     if let Some(allocated) = image.allocated_bytes {
         println!("allocated: {}", cli_size::human(allocated));
     }
-    println!(
-        "non-zero data: {}",
-        cli_size::human(report.sink.bytes_written)
-    );
+    if image.read_to_end {
+        println!(
+            "non-zero data: {}",
+            cli_size::human(report.sink.bytes_written)
+        );
+    } else {
+        println!("read: the tables only (--scan reads the data too)");
+    }
     if image.spilled_bytes > 0 {
         println!(
             "streaming: spilled {} (tables after their data)",

@@ -27,6 +27,10 @@ pub struct ConvertOptions {
     pub collect_map: bool,
     /// Whether the spill file may be used (see [`StreamOptions::spill_allowed`]).
     pub spill_allowed: bool,
+    /// Threads for compressed units (see [`StreamOptions::inflate_threads`]).
+    pub inflate_threads: usize,
+    /// Read only the image's tables (see [`StreamOptions::metadata_only`]).
+    pub metadata_only: bool,
 }
 
 impl Default for ConvertOptions {
@@ -37,6 +41,8 @@ impl Default for ConvertOptions {
             scratch_dir: stream.scratch_dir,
             collect_map: false,
             spill_allowed: true,
+            inflate_threads: stream.inflate_threads,
+            metadata_only: false,
         }
     }
 }
@@ -48,6 +54,8 @@ impl ConvertOptions {
             scratch_dir: self.scratch_dir.clone(),
             collect_map: self.collect_map,
             spill_allowed: self.spill_allowed,
+            inflate_threads: self.inflate_threads,
+            metadata_only: self.metadata_only,
         }
     }
 }

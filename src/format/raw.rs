@@ -108,6 +108,7 @@ pub fn convert_stream(
             }]
         }),
         details: Vec::new(),
+        read_to_end: true,
     })
 }
 

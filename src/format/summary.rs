@@ -37,6 +37,9 @@ pub struct ImageSummary {
     pub map: Option<Vec<MapEntry>>,
     /// Format-specific facts, in the order `info` prints them.
     pub details: Vec<Detail>,
+    /// False when only the tables were read (`info` without `--map`): then
+    /// `stream_len` is where reading stopped and the sink saw no data.
+    pub read_to_end: bool,
 }
 
 impl ImageSummary {
@@ -52,6 +55,7 @@ impl ImageSummary {
             spilled_bytes: engine.spilled_bytes,
             map: engine.map,
             details: Vec::new(),
+            read_to_end: engine.read_to_end,
         }
     }
 

@@ -4,14 +4,18 @@
 //! - qcow2 deflate (`qcow2-notes.md` section 8): raw deflate that must produce at
 //!   least a cluster; extra output is discarded, as qemu does.
 //! - qcow2 zstd: several frames may fill the cluster; a frame must end exactly at
-//!   the cluster's end.
+//!   the cluster's end. The decoder's window is limited to the unit's size, so a
+//!   frame cannot make it allocate more than a unit.
 //! - zlib (VMDK streamOptimized grains, `formats-notes.md` 1.4): an RFC 1950 stream
 //!   that must end, inflating to no more than a grain and at least the part of the
 //!   grain inside the disk.
 //!
-//! Memory per call: one unit of output.
+//! [`Decoders`] keeps one context per codec and is reused unit after unit (one per
+//! inflate thread); output goes into a fresh buffer of the unit's capacity that is
+//! never zero-filled first. Memory per call: one unit of output.
 
 use flate2::{Decompress, FlushDecompress, Status};
+use zstd::zstd_safe::{DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
 
 /// How a compressed unit is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -26,17 +30,77 @@ pub enum Codec {
 }
 
 /// Decompresses `input` into at most `unit_size` bytes: exactly `unit_size` for the
-/// qcow2 codecs, at least `needed` for zlib. Says why not otherwise.
+/// qcow2 codecs, at least `needed` for zlib. Says why not otherwise. Makes fresh
+/// contexts; [`Decoders::decompress`] reuses them.
 pub fn decompress(
     codec: Codec,
     input: &[u8],
     unit_size: usize,
     needed: usize,
 ) -> Result<Vec<u8>, String> {
-    match codec {
-        Codec::Deflate => inflate_cluster(input, unit_size),
-        Codec::Zstd => unzstd_cluster(input, unit_size),
-        Codec::Zlib => inflate_zlib(input, unit_size, needed),
+    Decoders::default().decompress(codec, input, unit_size, needed)
+}
+
+/// One reusable context per codec, made on first use.
+#[derive(Default)]
+pub struct Decoders {
+    deflate: Option<Decompress>,
+    zlib: Option<Decompress>,
+    zstd: Option<(DCtx<'static>, u32)>,
+}
+
+impl Decoders {
+    /// As [`decompress`], reusing this set's contexts.
+    pub fn decompress(
+        &mut self,
+        codec: Codec,
+        input: &[u8],
+        unit_size: usize,
+        needed: usize,
+    ) -> Result<Vec<u8>, String> {
+        match codec {
+            Codec::Deflate => {
+                let inflater = reset_inflater(&mut self.deflate, false);
+                inflate_cluster(inflater, input, unit_size)
+            }
+            Codec::Zlib => {
+                let inflater = reset_inflater(&mut self.zlib, true);
+                inflate_zlib(inflater, input, unit_size, needed)
+            }
+            Codec::Zstd => {
+                let window_log = window_log_for(unit_size);
+                if self.zstd.as_ref().is_none_or(|(_, w)| *w != window_log) {
+                    let mut dctx = DCtx::create();
+                    dctx.set_parameter(DParameter::WindowLogMax(window_log))
+                        .map_err(|code| {
+                            format!(
+                                "zstd decoder setup: {}",
+                                zstd::zstd_safe::get_error_name(code)
+                            )
+                        })?;
+                    self.zstd = Some((dctx, window_log));
+                }
+                let (dctx, _) = self.zstd.as_mut().expect("made above");
+                dctx.reset(ResetDirective::SessionOnly)
+                    .map_err(|code| zstd::zstd_safe::get_error_name(code).to_string())?;
+                unzstd_cluster(dctx, input, unit_size)
+            }
+        }
+    }
+}
+
+/// The smallest window log zstd accepts that covers a unit (10 = 1 KiB).
+fn window_log_for(unit_size: usize) -> u32 {
+    (usize::BITS - unit_size.saturating_sub(1).leading_zeros()).max(10)
+}
+
+fn reset_inflater(slot: &mut Option<Decompress>, zlib_header: bool) -> &mut Decompress {
+    match slot {
+        Some(inflater) => {
+            inflater.reset(zlib_header);
+            inflater
+        }
+        None => slot.insert(Decompress::new(zlib_header)),
     }
 }
 
@@ -46,17 +110,21 @@ fn decompress_cluster(codec: Codec, input: &[u8], unit_size: usize) -> Result<Ve
     decompress(codec, input, unit_size, unit_size)
 }
 
-fn inflate_zlib(input: &[u8], unit_size: usize, needed: usize) -> Result<Vec<u8>, String> {
+fn inflate_zlib(
+    inflater: &mut Decompress,
+    input: &[u8],
+    unit_size: usize,
+    needed: usize,
+) -> Result<Vec<u8>, String> {
     // One byte of room past the unit tells "too long" from "exactly a unit".
-    let mut out = vec![0u8; unit_size + 1];
-    let mut inflater = Decompress::new(true);
+    let mut out = Vec::with_capacity(unit_size + 1);
     loop {
         let in_at = inflater.total_in() as usize;
-        let out_at = inflater.total_out() as usize;
+        let out_at = out.len();
         let status = inflater
-            .decompress(&input[in_at..], &mut out[out_at..], FlushDecompress::Finish)
+            .decompress_vec(&input[in_at..], &mut out, FlushDecompress::Finish)
             .map_err(|e| format!("zlib stream is corrupt: {e}"))?;
-        let produced = inflater.total_out() as usize;
+        let produced = out.len();
         if produced > unit_size {
             return Err(format!(
                 "inflates to more than a grain of {unit_size} bytes"
@@ -68,7 +136,6 @@ fn inflate_zlib(input: &[u8], unit_size: usize, needed: usize) -> Result<Vec<u8>
                     "inflated to {produced} bytes, expected at least {needed}"
                 ));
             }
-            out.truncate(produced);
             return Ok(out);
         }
         let progressed = inflater.total_in() as usize != in_at || produced != out_at;
@@ -80,58 +147,62 @@ fn inflate_zlib(input: &[u8], unit_size: usize, needed: usize) -> Result<Vec<u8>
     }
 }
 
-fn inflate_cluster(input: &[u8], cluster_size: usize) -> Result<Vec<u8>, String> {
-    let mut out = vec![0u8; cluster_size];
-    let mut inflater = Decompress::new(false);
+fn inflate_cluster(
+    inflater: &mut Decompress,
+    input: &[u8],
+    cluster_size: usize,
+) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(cluster_size);
     loop {
         let in_at = inflater.total_in() as usize;
-        let out_at = inflater.total_out() as usize;
+        let out_at = out.len();
         if out_at == cluster_size {
             return Ok(out);
         }
         let status = inflater
-            .decompress(&input[in_at..], &mut out[out_at..], FlushDecompress::None)
+            .decompress_vec(&input[in_at..], &mut out, FlushDecompress::None)
             .map_err(|e| format!("deflate stream is corrupt: {e}"))?;
-        let progressed =
-            inflater.total_in() as usize != in_at || inflater.total_out() as usize != out_at;
-        if inflater.total_out() as usize == cluster_size {
+        let progressed = inflater.total_in() as usize != in_at || out.len() != out_at;
+        if out.len() == cluster_size {
             return Ok(out);
         }
         if status == Status::StreamEnd || !progressed {
             return Err(format!(
                 "decompressed to {} bytes, expected a whole cluster of {cluster_size}",
-                inflater.total_out()
+                out.len()
             ));
         }
     }
 }
 
-fn unzstd_cluster(input: &[u8], cluster_size: usize) -> Result<Vec<u8>, String> {
-    use zstd::zstd_safe::{DCtx, InBuffer, OutBuffer};
-    let mut out = vec![0u8; cluster_size];
-    let mut dctx = DCtx::create();
+fn unzstd_cluster(
+    dctx: &mut DCtx<'static>,
+    input: &[u8],
+    cluster_size: usize,
+) -> Result<Vec<u8>, String> {
+    let mut out: Vec<u8> = Vec::with_capacity(cluster_size);
     let mut in_buf = InBuffer::around(input);
-    let mut produced = 0usize;
     loop {
-        let mut out_buf = OutBuffer::around(&mut out[produced..]);
+        let before_out = out.len();
         let before_in = in_buf.pos();
-        let remaining_hint = dctx
-            .decompress_stream(&mut out_buf, &mut in_buf)
-            .map_err(|code| {
-                format!(
-                    "zstd stream is corrupt: {}",
-                    zstd::zstd_safe::get_error_name(code)
-                )
-            })?;
-        let wrote = out_buf.pos();
-        produced += wrote;
+        let remaining_hint = {
+            let mut out_buf = OutBuffer::around_pos(&mut out, before_out);
+            dctx.decompress_stream(&mut out_buf, &mut in_buf)
+                .map_err(|code| {
+                    format!(
+                        "zstd stream is corrupt: {}",
+                        zstd::zstd_safe::get_error_name(code)
+                    )
+                })?
+        };
+        let produced = out.len();
         if produced == cluster_size {
             if remaining_hint != 0 {
                 return Err("zstd frame does not end at the cluster boundary".into());
             }
             return Ok(out);
         }
-        if wrote == 0 && in_buf.pos() == before_in {
+        if produced == before_out && in_buf.pos() == before_in {
             return Err(format!(
                 "decompressed to {produced} bytes, expected a whole cluster of {cluster_size}"
             ));

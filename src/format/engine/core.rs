@@ -27,8 +27,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 
-use super::codec::{decompress, Codec};
+use super::codec::{Codec, Decoders};
 use super::error::{Fault, ImageError, StreamError};
+use super::inflate_pool::{Finished, InflatePool};
 use super::map::{MapBuilder, MapEntry, Mapping};
 use super::ranges::RangeSet;
 use super::retained::Retained;
@@ -133,6 +134,8 @@ pub struct EngineSummary {
     pub spilled_bytes: u64,
     /// The allocation map, when asked for.
     pub map: Option<Vec<MapEntry>>,
+    /// False when reading stopped once the tables were in (metadata only).
+    pub read_to_end: bool,
 }
 
 /// The engine's state, and the calls a format makes to claim host ranges.
@@ -159,6 +162,16 @@ pub struct Claims<'a> {
     assembling: u64,
     runs: RunBuilder,
     summary: EngineSummary,
+    /// Contexts for units decompressed on this thread.
+    decoders: Decoders,
+    /// Threads for compressed units (1: decompress here, no pool).
+    inflate_threads: usize,
+    pool: Option<InflatePool>,
+    /// See [`StreamOptions::metadata_only`].
+    metadata_only: bool,
+    /// The format said every table it has is claimed (see
+    /// [`Claims::all_tables_claimed`]).
+    tables_all_claimed: bool,
 }
 
 /// Streams one image of format `F` from `stream` into `sink`; the first `cursor`
@@ -188,10 +201,18 @@ impl<F: TableFormat> Engine<'_, '_, F> {
         self.claims.sink.set_size(self.claims.virtual_size)?;
         self.format.start(&mut self.claims)?;
         self.after_callback()?;
-        while let Some(chunk) = stream.next_chunk().map_err(StreamError::Read)? {
+        let mut read_to_end = true;
+        while !self.claims.only_metadata_and_done() {
+            let Some(chunk) = stream.next_chunk().map_err(StreamError::Read)? else {
+                break;
+            };
             self.consume_chunk(chunk)?;
         }
+        if self.claims.only_metadata_and_done() {
+            read_to_end = false;
+        }
         self.finish_at_eof()?;
+        self.claims.drain_pool()?;
         self.format.finish(&mut self.claims)?;
         self.claims.flush_runs()?;
         let claims = &mut self.claims;
@@ -200,6 +221,7 @@ impl<F: TableFormat> Engine<'_, '_, F> {
         summary.retained_peak = claims.retained.peak_memory();
         summary.spilled_bytes = claims.retained.spilled();
         summary.map = claims.map.take().map(MapBuilder::finish);
+        summary.read_to_end = read_to_end;
         Ok(summary)
     }
 
@@ -269,6 +291,7 @@ impl<F: TableFormat> Engine<'_, '_, F> {
             claims.unclaimed(claims.cursor, &chunk[from..])?;
             claims.cursor = chunk_end;
         }
+        claims.collect_inflated()?;
         Ok(())
     }
 
@@ -280,7 +303,7 @@ impl<F: TableFormat> Engine<'_, '_, F> {
         for ((start, _), want) in wants {
             match want.claim {
                 Claim::Compressed { unit, buf } => {
-                    self.claims.inflate(unit, &buf, Some(want.end))?;
+                    self.claims.inflate(unit, buf.freeze(), Some(want.end))?;
                 }
                 Claim::Table {
                     role: TableRole::Side,
@@ -359,7 +382,27 @@ impl<'a> Claims<'a> {
             assembling: 0,
             runs: RunBuilder::default(),
             summary: EngineSummary::default(),
+            decoders: Decoders::default(),
+            inflate_threads: match options.inflate_threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
+            pool: None,
+            metadata_only: options.metadata_only,
+            tables_all_claimed: false,
         }
+    }
+
+    /// Reading only tables, and every table is in: nothing more to read.
+    fn only_metadata_and_done(&self) -> bool {
+        self.metadata_only && self.metadata_complete && self.wants.is_empty()
+    }
+
+    /// The format tells the engine that every table the image has is now claimed
+    /// (qcow2: once L1 has named the L2 tables). Unclaimed bytes can then only be
+    /// data, which a metadata-only read does not keep.
+    pub fn all_tables_claimed(&mut self) {
+        self.tables_all_claimed = true;
     }
 
     /// The memory budget bookkeeping is held to, in bytes.
@@ -477,6 +520,9 @@ impl<'a> Claims<'a> {
         if let Some(what) = self.metadata.overlapping(host, host + len) {
             return Err(StreamError::DataOverlapsMetadata { guest, host, what });
         }
+        if self.metadata_only {
+            return Ok(());
+        }
         if let Some(done) = self.runs.push(Run::Data { guest, host, len }) {
             self.flush_run(done)?;
         }
@@ -523,6 +569,9 @@ impl<'a> Claims<'a> {
                 host: unit.host,
                 what,
             });
+        }
+        if self.metadata_only {
+            return Ok(());
         }
         self.flush_runs()?;
         self.check_want_count("pending compressed units")?;
@@ -628,6 +677,9 @@ impl<'a> Claims<'a> {
         if self.metadata_complete || bytes.is_empty() {
             return Ok(());
         }
+        if self.metadata_only && self.tables_all_claimed {
+            return Ok(()); // only data can lie there, and data is not read
+        }
         let end = offset + bytes.len() as u64;
         if self.garbage.is_empty() {
             return self.retained.keep(offset, bytes);
@@ -728,7 +780,7 @@ impl<'a> Claims<'a> {
             }
             Claim::Compressed { unit, buf } => {
                 self.release_assembly(buf.len() as u64);
-                self.inflate(unit, &buf, None)
+                self.inflate(unit, buf.freeze(), None)
             }
             Claim::Data { .. } => Ok(()),
         }
@@ -738,39 +790,97 @@ impl<'a> Claims<'a> {
         self.assembling = self.assembling.saturating_sub(reserved);
     }
 
-    /// Decompresses a compressed unit. At the end of the stream (`eof_end` = the
-    /// end of the range the entry claims) a short input is fine if it still
-    /// decompresses; otherwise it is a truncation.
+    /// Decompresses a compressed unit: on the pool when there is one (the result is
+    /// written when it comes back), here otherwise. At the end of the stream
+    /// (`eof_end` = the end of the range the entry claims) a short input is fine if
+    /// it still decompresses; otherwise it is a truncation.
     fn inflate(
         &mut self,
         unit: CompressedUnit,
-        input: &[u8],
+        input: Bytes,
         eof_end: Option<u64>,
     ) -> Result<(), StreamError> {
         let keep = (self.virtual_size - unit.guest).min(unit.unit_size) as usize;
-        let out = decompress(unit.codec, input, unit.unit_size as usize, keep).map_err(
-            |reason| match eof_end {
-                Some(end) => StreamError::Truncated {
-                    stream_end: self.cursor,
-                    start: unit.host,
-                    end,
-                    what: format!(
-                        "the compressed {} for guest offset {:#x} (only {} bytes present: {reason})",
-                        unit.unit,
-                        unit.guest,
-                        input.len()
-                    ),
-                },
-                None => StreamError::BadCompressed {
-                    unit: unit.unit,
-                    guest: unit.guest,
-                    host: unit.host,
-                    reason,
-                },
-            },
-        )?;
-        let mut out = Bytes::from(out);
-        out.truncate(keep);
-        Ok(self.sink.write(Extent::data(unit.guest, out))?)
+        if eof_end.is_none() && self.inflate_threads > 1 {
+            if self.pool.is_none() {
+                // Two units in flight per thread keep the threads busy; the budget
+                // bounds them (input and output of each).
+                let per_unit = 2 * unit.unit_size.max(1);
+                let by_budget = (self.budget() / per_unit).max(1) as usize;
+                let max_in_flight = (self.inflate_threads * 4).min(by_budget);
+                self.pool = Some(
+                    InflatePool::start(self.inflate_threads, max_in_flight)
+                        .map_err(StreamError::Threads)?,
+                );
+            }
+            let mut finished = Vec::new();
+            self.pool
+                .as_mut()
+                .expect("started above")
+                .submit(unit, input, keep, &mut finished);
+            return self.write_inflated(finished);
+        }
+        let result = self
+            .decoders
+            .decompress(unit.codec, &input, unit.unit_size as usize, keep)
+            .map(|out| {
+                let mut out = Bytes::from(out);
+                out.truncate(keep);
+                out
+            });
+        match (result, eof_end) {
+            (Ok(out), _) => Ok(self.sink.write(Extent::data(unit.guest, out))?),
+            (Err(reason), Some(end)) => Err(StreamError::Truncated {
+                stream_end: self.cursor,
+                start: unit.host,
+                end,
+                what: format!(
+                    "the compressed {} for guest offset {:#x} (only {} bytes present: {reason})",
+                    unit.unit,
+                    unit.guest,
+                    input.len()
+                ),
+            }),
+            (Err(reason), None) => Err(bad_compressed(unit, reason)),
+        }
+    }
+
+    /// Writes units the pool has finished, without waiting.
+    fn collect_inflated(&mut self) -> Result<(), StreamError> {
+        let Some(pool) = self.pool.as_mut() else {
+            return Ok(());
+        };
+        let mut finished = Vec::new();
+        pool.collect_ready(&mut finished);
+        self.write_inflated(finished)
+    }
+
+    /// Waits for every unit on the pool and writes them.
+    fn drain_pool(&mut self) -> Result<(), StreamError> {
+        let Some(mut pool) = self.pool.take() else {
+            return Ok(());
+        };
+        let mut finished = Vec::new();
+        pool.finish(&mut finished);
+        self.write_inflated(finished)
+    }
+
+    fn write_inflated(&mut self, finished: Vec<Finished>) -> Result<(), StreamError> {
+        for done in finished {
+            match done.result {
+                Ok(out) => self.sink.write(Extent::data(done.unit.guest, out))?,
+                Err(reason) => return Err(bad_compressed(done.unit, reason)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad_compressed(unit: CompressedUnit, reason: String) -> StreamError {
+    StreamError::BadCompressed {
+        unit: unit.unit,
+        guest: unit.guest,
+        host: unit.host,
+        reason,
     }
 }

@@ -90,6 +90,9 @@ pub enum StreamError {
         #[source]
         source: std::io::Error,
     },
+    /// The inflate threads could not be started.
+    #[error("starting the inflate threads: {0}")]
+    Threads(#[source] std::io::Error),
     /// The sink refused an extent or failed.
     #[error(transparent)]
     Sink(#[from] crate::sink::SinkError),

@@ -18,6 +18,7 @@
 //!
 //! - `core`: the engine and the claim calls.
 //! - `codec`: decompressing one unit.
+//! - `inflate_pool`: decompressing units on other threads.
 //! - `retained`: unclaimed bytes.
 //! - `ranges`: metadata and garbage ranges.
 //! - `runs`: merging pieces into runs.
@@ -27,6 +28,7 @@
 pub mod codec;
 mod core;
 pub mod error;
+mod inflate_pool;
 pub mod map;
 mod ranges;
 mod retained;
@@ -56,6 +58,13 @@ pub struct StreamOptions {
     pub spill_allowed: bool,
     /// Build the allocation map (for `info --map`).
     pub collect_map: bool,
+    /// Threads that decompress compressed units: 0 = one per available core (as
+    /// the CPU quota allows), 1 = on the reader's thread, no pool.
+    pub inflate_threads: usize,
+    /// Read only the tables (`info` without `--map`): data and compressed units
+    /// are counted and checked but not read, and the stream is left once every
+    /// table is in. Nothing is written to the sink but zeroes.
+    pub metadata_only: bool,
 }
 
 impl Default for StreamOptions {
@@ -65,6 +74,8 @@ impl Default for StreamOptions {
             scratch_dir: std::env::temp_dir(),
             spill_allowed: true,
             collect_map: false,
+            inflate_threads: 0,
+            metadata_only: false,
         }
     }
 }

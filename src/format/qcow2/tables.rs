@@ -95,6 +95,7 @@ impl Qcow2Tables {
             self.l2_groups.push(targets);
             claims.want_table(offset, cluster, tag)?;
         }
+        claims.all_tables_claimed();
         Ok(())
     }
 

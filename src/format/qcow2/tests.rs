@@ -78,7 +78,7 @@ fn spill_everything(dir: &std::path::Path) -> StreamOptions {
         memory_budget: 0,
         scratch_dir: dir.to_path_buf(),
         spill_allowed: true,
-        collect_map: false,
+        ..StreamOptions::default()
     }
 }
 
@@ -284,4 +284,63 @@ fn data_mapped_onto_a_refcount_block_is_refused() {
     img.l2(3, 1, 4);
     let err = convert(&img.bytes, &StreamOptions::default()).unwrap_err();
     assert!(err.to_string().contains("refcount block"), "{err}");
+}
+
+/// An image whose guest clusters 0..n are compressed (raw deflate), each filled with
+/// its index + 1, stored one per host cluster from cluster 4 on; `corrupt` names a
+/// cluster whose stored bytes are garbage.
+fn compressed_image(n: u64, corrupt: Option<u64>) -> Image {
+    use std::io::Write;
+    let mut img = Image::new(n * CLUSTER, 2, 1, 4 + n);
+    img.l1(2, 0, 3);
+    for i in 0..n {
+        let data = vec![i as u8 + 1; CLUSTER as usize];
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&data).unwrap();
+        let mut packed = e.finish().unwrap();
+        if corrupt == Some(i) {
+            packed.iter_mut().for_each(|b| *b = 0xFF);
+        }
+        let host = (4 + i) * CLUSTER;
+        let at = host as usize;
+        img.bytes[at..at + packed.len()].copy_from_slice(&packed);
+        let sectors = (packed.len() as u64).div_ceil(512);
+        // 64 KiB clusters: x = 62 - (16 - 8) = 54 bits of offset, then the extra
+        // sector count.
+        img.set_u64(
+            3 * CLUSTER + i * 8,
+            (1 << 62) | ((sectors - 1) << 54) | host,
+        );
+    }
+    img
+}
+
+#[test]
+fn compressed_clusters_come_out_the_same_on_one_thread_and_on_the_pool() {
+    let img = compressed_image(24, None);
+    let expected: Vec<u8> = (1..=24).collect();
+    for threads in [1, 3] {
+        let options = StreamOptions {
+            inflate_threads: threads,
+            ..StreamOptions::default()
+        };
+        let disk = convert(&img.bytes, &options).unwrap();
+        expect_clusters(&disk, &expected);
+    }
+}
+
+#[test]
+fn a_corrupt_compressed_cluster_is_named_on_the_pool_too() {
+    let img = compressed_image(12, Some(7));
+    for threads in [1, 2] {
+        let options = StreamOptions {
+            inflate_threads: threads,
+            ..StreamOptions::default()
+        };
+        let err = convert(&img.bytes, &options).unwrap_err();
+        assert!(
+            matches!(err.as_stream(), Some(StreamError::BadCompressed { guest, .. }) if *guest == 7 * CLUSTER),
+            "{threads} threads: {err}"
+        );
+    }
 }

@@ -1,0 +1,92 @@
+//! `info` reads only what it needs: without `--map` or `--scan` it stops once the
+//! image's tables are in, so describing a large image over a slow link costs its
+//! header and tables, not its data. Shown with a pipe: the writer can push only as
+//! much as diskimport reads (plus the pipe and channel buffers) before diskimport
+//! exits and the next write fails; no timing is involved.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// A qcow2 with 192 MiB of data after its tables, made by qemu-img and qemu-io.
+fn data_heavy_qcow2(dir: &std::path::Path) -> std::path::PathBuf {
+    let image = dir.join("heavy.qcow2");
+    let created = qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        image.to_str().unwrap(),
+        "256M",
+    ]);
+    assert!(created.ok(), "{}", created.describe());
+    let wrote = run_cmd(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xab 0 192M",
+            image.to_str().unwrap(),
+        ],
+        None,
+        TIMEOUT,
+    );
+    assert!(wrote.ok(), "{}", wrote.describe());
+    image
+}
+
+#[test]
+fn info_stops_once_the_tables_are_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = data_heavy_qcow2(dir.path());
+    let bytes = std::fs::read(&image).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["info", "--json", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut written = 0usize;
+    for piece in bytes.chunks(64 << 10) {
+        if stdin.write_all(piece).is_err() {
+            break; // diskimport is gone: it read all it needed
+        }
+        written += piece.len();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["read_to_end"], false, "{info}");
+    assert_eq!(info["allocated_bytes"].as_u64(), Some(192 << 20), "{info}");
+    assert_eq!(info["virtual_size"].as_u64(), Some(256 << 20), "{info}");
+    // The tables are in the first MiB; the decoder thread reads at most a few 1 MiB
+    // chunks ahead, and the pipe holds 64 KiB.
+    assert!(
+        written < 32 << 20,
+        "info took {written} of {} bytes before it exited",
+        bytes.len()
+    );
+    note(&format!(
+        "info_reads: info --json took {} KiB of a {} MiB image",
+        written >> 10,
+        bytes.len() >> 20
+    ));
+
+    // --scan reads everything, and counts the data.
+    let scan = diskimport(&["info", "--json", "--scan", image.to_str().unwrap()]);
+    assert!(scan.ok(), "{}", scan.describe());
+    let info: serde_json::Value = serde_json::from_slice(&scan.stdout).unwrap();
+    assert_eq!(info["read_to_end"], true, "{info}");
+    assert_eq!(info["nonzero_bytes"].as_u64(), Some(192 << 20), "{info}");
+}
