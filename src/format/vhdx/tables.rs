@@ -175,6 +175,8 @@ impl TableFormat for VhdxTables {
             let at = piece * BAT_PIECE;
             claims.want_table(bat.offset + at, BAT_PIECE.min(needed - at), piece)?;
         }
+        // The log and every BAT piece are named here; no table names another.
+        claims.all_tables_claimed();
         Ok(())
     }
 
