@@ -211,7 +211,7 @@ fn metadata_too_far_ahead_is_refused() {
         memory_budget: MIB,
         ..StreamOptions::default()
     };
-    let err = run(&img, &options).0.err().expect("refused");
+    let err = run(&img, &options).0.expect_err("refused");
     assert!(matches!(
         err.downcast_format::<VhdxError>(),
         Some(VhdxError::MetadataTooFar { .. })
