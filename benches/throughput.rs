@@ -1,5 +1,5 @@
 //! Criterion throughput benchmarks of the core stages, each in bytes per
-//! second: the qcow2 reader (plain and compressed images made with qemu-img),
+//! second: the qcow2 and VHDX readers (images made with qemu-img),
 //! the decoders, zero detection and the sparse file sink.
 //!
 //! Run with `cargo bench`; the qemu-img comparison on a real 2 GiB filesystem
@@ -51,16 +51,21 @@ fn disk_content() -> Vec<u8> {
 
 /// Builds a qcow2 from `raw` with qemu-img and returns its bytes.
 fn qcow2_of(dir: &Path, raw: &[u8], extra: &[&str]) -> Vec<u8> {
+    image_of(dir, raw, "qcow2", extra)
+}
+
+/// Builds an image of `format` from `raw` with qemu-img and returns its bytes.
+fn image_of(dir: &Path, raw: &[u8], format: &str, extra: &[&str]) -> Vec<u8> {
     let raw_path = dir.join("in.raw");
-    let out = dir.join("out.qcow2");
+    let out = dir.join(format!("out.{format}"));
     std::fs::write(&raw_path, raw).unwrap();
     let status = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .args(["convert", "-f", "raw", "-O", format])
         .args(extra)
         .arg(&raw_path)
         .arg(&out)
         .status()
-        .expect("qemu-img is needed for the qcow2 benchmarks");
+        .expect("qemu-img is needed for the reader benchmarks");
     assert!(status.success());
     std::fs::read(out).unwrap()
 }
@@ -89,37 +94,24 @@ fn qcow2_reader(c: &mut Criterion) {
     group.finish();
 }
 
-/// The VHD reader: a dynamic VHD (2 MiB blocks) and a fixed one (raw reader with
-/// the footer held back) of the same content.
-fn vhd_reader(c: &mut Criterion) {
+/// The VHDX reader on dynamic images (1 and 32 MiB blocks) and a fixed one.
+fn vhdx_reader(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let raw = disk_content();
-    let mut group = c.benchmark_group("vhd_reader");
+    let mut group = c.benchmark_group("vhdx_reader");
     group.throughput(Throughput::Bytes(raw.len() as u64));
     group.sample_size(10);
-    for (name, subformat) in [("dynamic", "dynamic"), ("fixed", "fixed")] {
-        let raw_path = dir.path().join("in.raw");
-        let out = dir.path().join("out.vhd");
-        std::fs::write(&raw_path, &raw).unwrap();
-        let status = Command::new("qemu-img")
-            .args(["convert", "-f", "raw", "-O", "vpc", "-o"])
-            .arg(format!("subformat={subformat},force_size=on"))
-            .arg(&raw_path)
-            .arg(&out)
-            .status()
-            .expect("qemu-img is needed for the vhd benchmarks");
-        assert!(status.success());
-        let image = Bytes::from(std::fs::read(&out).unwrap());
+    for (name, opts) in [
+        ("dynamic_1m", "block_size=1M"),
+        ("dynamic_32m", "block_size=32M"),
+        ("fixed_8m", "subformat=fixed"),
+    ] {
+        let image = Bytes::from(image_of(dir.path(), &raw, "vhdx", &["-o", opts]));
         group.bench_function(name, |b| {
             b.iter(|| {
                 let mut stream = ChunkStream::from_bytes(image.clone());
                 let mut sink = NullSink::default();
-                let reader = match diskimport::format::probe(&image) {
-                    diskimport::format::Probed::Reader(r) => r,
-                    diskimport::format::Probed::Unsupported(n) => panic!("{n}"),
-                };
-                diskimport::format::ImageReader::convert(
-                    reader,
+                diskimport::format::vhdx::convert_stream(
                     &mut stream,
                     &mut sink,
                     &StreamOptions::default(),
@@ -193,6 +185,48 @@ fn file_sink(c: &mut Criterion) {
     group.finish();
 }
 
+/// The VHD reader: a dynamic VHD (2 MiB blocks) and a fixed one (raw reader with
+/// the footer held back) of the same content.
+fn vhd_reader(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = disk_content();
+    let mut group = c.benchmark_group("vhd_reader");
+    group.throughput(Throughput::Bytes(raw.len() as u64));
+    group.sample_size(10);
+    for (name, subformat) in [("dynamic", "dynamic"), ("fixed", "fixed")] {
+        let raw_path = dir.path().join("in.raw");
+        let out = dir.path().join("out.vhd");
+        std::fs::write(&raw_path, &raw).unwrap();
+        let status = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "vpc", "-o"])
+            .arg(format!("subformat={subformat},force_size=on"))
+            .arg(&raw_path)
+            .arg(&out)
+            .status()
+            .expect("qemu-img is needed for the vhd benchmarks");
+        assert!(status.success());
+        let image = Bytes::from(std::fs::read(&out).unwrap());
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut stream = ChunkStream::from_bytes(image.clone());
+                let mut sink = NullSink::default();
+                let reader = match diskimport::format::probe(&image) {
+                    diskimport::format::Probed::Reader(r) => r,
+                    diskimport::format::Probed::Unsupported(n) => panic!("{n}"),
+                };
+                diskimport::format::ImageReader::convert(
+                    reader,
+                    &mut stream,
+                    &mut sink,
+                    &StreamOptions::default(),
+                )
+                .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
 /// The VDI reader on dynamic and static images made with qemu-img from the same
 /// content, and the same dynamic image inside an OVA (through the pipeline, so
 /// the tar thread and the re-probe are measured too).
@@ -261,8 +295,9 @@ fn vdi_reader(c: &mut Criterion) {
 criterion_group!(
     benches,
     vdi_reader,
-    qcow2_reader,
     vhd_reader,
+    qcow2_reader,
+    vhdx_reader,
     decoders,
     zero_detection,
     file_sink

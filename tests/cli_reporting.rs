@@ -13,14 +13,15 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-/// A qcow2 with 192 MiB of data after its tables, made by qemu-img and qemu-io.
-fn data_heavy_qcow2(dir: &std::path::Path) -> std::path::PathBuf {
-    let image = dir.join("heavy.qcow2");
+/// A `format` image (qcow2, vhdx) with 192 MiB of data after its tables, made by
+/// qemu-img and qemu-io.
+fn data_heavy_image(dir: &std::path::Path, format: &str) -> std::path::PathBuf {
+    let image = dir.join(format!("heavy.{format}"));
     let created = qemu_img(&[
         "create",
         "-q",
         "-f",
-        "qcow2",
+        format,
         image.to_str().unwrap(),
         "256M",
     ]);
@@ -29,7 +30,7 @@ fn data_heavy_qcow2(dir: &std::path::Path) -> std::path::PathBuf {
         "qemu-io",
         &[
             "-f",
-            "qcow2",
+            format,
             "-c",
             "write -P 0xab 0 192M",
             image.to_str().unwrap(),
@@ -43,8 +44,17 @@ fn data_heavy_qcow2(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn info_stops_once_the_tables_are_in() {
+    info_stops_once_the_tables_of_a_format_are_in("qcow2");
+}
+
+#[test]
+fn info_stops_once_the_vhdx_tables_are_in() {
+    info_stops_once_the_tables_of_a_format_are_in("vhdx");
+}
+
+fn info_stops_once_the_tables_of_a_format_are_in(format: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let image = data_heavy_qcow2(dir.path());
+    let image = data_heavy_image(dir.path(), format);
     let bytes = std::fs::read(&image).unwrap();
     let mut child = Command::new(BIN)
         .args(["info", "--json", "-"])
@@ -72,7 +82,7 @@ fn info_stops_once_the_tables_are_in() {
     assert_eq!(info["read_to_end"], false, "{info}");
     assert_eq!(info["allocated_bytes"].as_u64(), Some(192 << 20), "{info}");
     assert_eq!(info["virtual_size"].as_u64(), Some(256 << 20), "{info}");
-    // The tables are in the first MiB; the decoder thread reads at most a few 1 MiB
+    // The tables are in the first MiB (VHDX: 4 MiB); the decoder thread reads at most a few 1 MiB
     // chunks ahead, and the pipe holds 64 KiB.
     assert!(
         written < 32 << 20,
@@ -80,7 +90,7 @@ fn info_stops_once_the_tables_are_in() {
         bytes.len()
     );
     note(&format!(
-        "cli_reporting: info --json took {} KiB of a {} MiB image",
+        "cli_reporting: info --json took {} KiB of a {} MiB {format} image",
         written >> 10,
         bytes.len() >> 20
     ));
@@ -96,7 +106,7 @@ fn info_stops_once_the_tables_are_in() {
 #[test]
 fn convert_stats_name_every_stage() {
     let dir = tempfile::tempdir().unwrap();
-    let image = data_heavy_qcow2(dir.path());
+    let image = data_heavy_image(dir.path(), "qcow2");
     let target = dir.path().join("out.raw");
     let run = diskimport(&[
         "convert",

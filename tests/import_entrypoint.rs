@@ -83,7 +83,7 @@ impl Root {
     }
 }
 
-/// A small qcow2 image and its raw oracle, served by nginx.
+/// A small qcow2 image, a VHDX of the same disk, and their raw oracle, served by nginx.
 struct Served {
     _nginx: Nginx,
     base: String,
@@ -118,6 +118,19 @@ fn serve_image() -> Option<Served> {
         image.to_str().unwrap(),
     ]);
     assert!(run.ok(), "{}", run.describe());
+    let vhdx = www.join("disk.vhdx");
+    let run = qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vhdx",
+        "-o",
+        "block_size=1M",
+        raw.to_str().unwrap(),
+        vhdx.to_str().unwrap(),
+    ]);
+    assert!(run.ok(), "{}", run.describe());
     let oracle = dir.path().join("oracle.raw");
     let run = qemu_img(&[
         "convert",
@@ -140,9 +153,18 @@ fn serve_image() -> Option<Served> {
 
 #[test]
 fn http_import_to_a_filesystem_volume_matches_qemu_img_and_fills_the_volume() {
+    import_to_a_filesystem_volume("disk.qcow2");
+}
+
+#[test]
+fn http_import_of_a_vhdx_to_a_filesystem_volume_matches_qemu_img() {
+    import_to_a_filesystem_volume("disk.vhdx");
+}
+
+fn import_to_a_filesystem_volume(file: &str) {
     let Some(served) = serve_image() else { return };
     let root = Root::new();
-    let url = format!("{}disk.qcow2", served.base);
+    let url = format!("{}{file}", served.base);
     let (code, stderr) = root.import(&[
         ("IMPORTER_SOURCE", "http"),
         ("IMPORTER_ENDPOINT", &url),
@@ -333,6 +355,15 @@ fn a_blank_disk_gets_the_usable_size_after_overhead() {
 
 #[test]
 fn http_import_to_a_block_volume_on_a_4k_loop_device_matches_qemu_img() {
+    import_to_a_4k_block_volume("disk.qcow2");
+}
+
+#[test]
+fn http_import_of_a_vhdx_to_a_block_volume_on_a_4k_loop_device_matches_qemu_img() {
+    import_to_a_4k_block_volume("disk.vhdx");
+}
+
+fn import_to_a_4k_block_volume(file: &str) {
     let Some(served) = serve_image() else { return };
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("backing.img");
@@ -363,7 +394,7 @@ fn http_import_to_a_block_volume_on_a_4k_loop_device_matches_qemu_img() {
     let _detach = Detach(device.clone());
     let root = Root::new();
     std::os::unix::fs::symlink(&device, root.path().join("dev/cdi-block-volume")).unwrap();
-    let url = format!("{}disk.qcow2", served.base);
+    let url = format!("{}{file}", served.base);
     let (code, stderr) = root.import(&[("IMPORTER_ENDPOINT", &url), ("FILESYSTEM_OVERHEAD", "0")]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(root.termination(), SUCCESS);

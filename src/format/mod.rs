@@ -17,6 +17,7 @@ pub mod sniff;
 pub mod summary;
 pub mod vhd;
 pub mod vdi;
+pub mod vhdx;
 
 pub use engine::{ImageError, ImageErrorKind, MapEntry, StreamOptions, DEFAULT_MEMORY_BUDGET};
 pub use registry::{probe, ImageReader, Probed};

@@ -30,6 +30,7 @@ pub static READERS: &[&dyn ImageReader] = &[
     &super::qcow2::Qcow2Reader,
     &super::vhd::VhdReader,
     &super::vdi::VdiReader,
+    &super::vhdx::VhdxReader,
     &super::raw::IsoReader,
 ];
 

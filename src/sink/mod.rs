@@ -1,10 +1,13 @@
 //! Sinks: where extents land. The [`ExtentSink`] trait is what every target
 //! implements: `file` (sparse regular file), `block` (O_DIRECT block device);
-//! `null` counts and drops; `threaded` moves any sink to a writer thread.
+//! `null` counts and drops; `threaded` moves any sink to a writer thread; `memory`
+//! (unit tests only) keeps the whole disk in a buffer.
 
 pub mod aligned;
 pub mod block;
 pub mod file;
+#[cfg(test)]
+pub mod memory;
 pub mod null;
 pub mod threaded;
 pub mod zero_detect;
