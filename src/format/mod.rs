@@ -13,6 +13,7 @@ pub mod qcow2;
 pub mod raw;
 pub mod registry;
 pub mod sniff;
+pub mod vmdk;
 pub mod summary;
 
 pub use engine::{ImageError, ImageErrorKind, MapEntry, StreamOptions, DEFAULT_MEMORY_BUDGET};

@@ -26,7 +26,11 @@ pub trait ImageReader: Sync {
 }
 
 /// Every reader, in probe order (raw is the fallback, not listed).
-pub static READERS: &[&dyn ImageReader] = &[&super::qcow2::Qcow2Reader, &super::raw::IsoReader];
+pub static READERS: &[&dyn ImageReader] = &[
+    &super::qcow2::Qcow2Reader,
+    &super::vmdk::VmdkReader,
+    &super::raw::IsoReader,
+];
 
 /// What the first bytes say.
 pub enum Probed {

@@ -1,0 +1,1 @@
+//! Unit tests of the VMDK reader on hand-built images.
