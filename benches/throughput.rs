@@ -1,5 +1,5 @@
 //! Criterion throughput benchmarks of the core stages, each in bytes per
-//! second: the qcow2 reader (plain and compressed images made with qemu-img),
+//! second: the qcow2 and VMDK readers (plain and compressed images made with qemu-img),
 //! the decoders, zero detection and the sparse file sink.
 //!
 //! Run with `cargo bench`; the qemu-img comparison on a real 2 GiB filesystem
@@ -89,6 +89,43 @@ fn qcow2_reader(c: &mut Criterion) {
     group.finish();
 }
 
+/// The VMDK reader on qemu-img images of the same content: monolithicSparse, and
+/// streamOptimized (one deflated grain per 64 KiB, inflated as it arrives).
+fn vmdk_reader(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = disk_content();
+    let raw_path = dir.path().join("in.raw");
+    std::fs::write(&raw_path, &raw).unwrap();
+    let mut group = c.benchmark_group("vmdk_reader");
+    group.throughput(Throughput::Bytes(raw.len() as u64));
+    group.sample_size(10);
+    for subformat in ["monolithicSparse", "streamOptimized"] {
+        let out = dir.path().join(format!("{subformat}.vmdk"));
+        let status = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "vmdk", "-o"])
+            .arg(format!("subformat={subformat}"))
+            .arg(&raw_path)
+            .arg(&out)
+            .status()
+            .expect("qemu-img is needed for the vmdk benchmarks");
+        assert!(status.success());
+        let image = Bytes::from(std::fs::read(out).unwrap());
+        group.bench_function(subformat, |b| {
+            b.iter(|| {
+                let mut stream = ChunkStream::from_bytes(image.clone());
+                let mut sink = NullSink::default();
+                diskimport::format::vmdk::convert_stream(
+                    &mut stream,
+                    &mut sink,
+                    &StreamOptions::default(),
+                )
+                .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
 fn decoders(c: &mut Criterion) {
     let raw = disk_content()[..16 * MIB].to_vec();
     let gzip = {
@@ -151,5 +188,12 @@ fn file_sink(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, qcow2_reader, decoders, zero_detection, file_sink);
+criterion_group!(
+    benches,
+    qcow2_reader,
+    vmdk_reader,
+    decoders,
+    zero_detection,
+    file_sink
+);
 criterion_main!(benches);

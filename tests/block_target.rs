@@ -11,59 +11,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::loop_device::LoopDevice;
 use common::{compare_prefix, convert, qemu_img, sha256_file};
-
-/// A loop device over a sparse file, detached on drop.
-struct LoopDevice {
-    device: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl LoopDevice {
-    /// A device of `size` bytes with `sector` logical sectors, filled with
-    /// random bytes so that nothing reads as zero by accident.
-    fn new(size: u64, sector: u32) -> Option<LoopDevice> {
-        let dir = tempfile::tempdir().unwrap();
-        let backing = dir.path().join("backing.img");
-        let file = std::fs::File::create(&backing).unwrap();
-        file.set_len(size).unwrap();
-        let out = Command::new("losetup")
-            .args(["-f", "--show", "--sector-size", &sector.to_string()])
-            .arg(&backing)
-            .output();
-        let device = match out {
-            Ok(o) if o.status.success() => {
-                PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string())
-            }
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                    Err(e) => e.to_string(),
-                };
-                if std::env::var_os("CI").is_some() {
-                    panic!("CI is set but no loop device could be made (root needed): {why}");
-                }
-                common::note(&format!("skipped: no loop device ({why}); run as root"));
-                return None;
-            }
-        };
-        let dev = LoopDevice { device, _dir: dir };
-        let status = Command::new("dd")
-            .args(["if=/dev/urandom", "bs=1M", "status=none", "oflag=direct"])
-            .arg(format!("of={}", dev.device.display()))
-            .arg(format!("count={}", size >> 20))
-            .status()
-            .unwrap();
-        assert!(status.success(), "filling the device");
-        Some(dev)
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
-    }
-}
 
 fn qemu_io(image: &Path, commands: &[&str]) {
     let mut cmd = Command::new("qemu-io");

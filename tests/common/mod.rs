@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub mod loop_device;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_diskimport");
 

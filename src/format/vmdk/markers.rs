@@ -184,7 +184,8 @@ impl StreamTables {
         claims: &mut Claims<'_>,
     ) -> Result<(), Fault> {
         let grain = self.header.grain_size;
-        let max = grain + SECTOR;
+        // qemu reads at most two grains for one compressed grain.
+        let max = 2 * grain;
         if size > max {
             return Err(VmdkError::CompressedSize {
                 offset: at,
