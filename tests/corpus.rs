@@ -14,6 +14,8 @@ use common::*;
 enum Expect {
     /// qcow2: identical to `qemu-img convert -f qcow2 -O raw`.
     Qemu,
+    /// Another format: identical to `qemu-img convert -f FORMAT -O raw`.
+    QemuAs(&'static str),
     /// The bytes are the disk (raw, iso, dd, tar, a raw file named .qcow2).
     Verbatim,
     /// `gzip -dc`, then `qemu-img convert -O raw` of the qcow2 inside.
@@ -31,7 +33,6 @@ const TRUNCATED: &[&str] = &["truncat", "end of", "eof", "past the end", "beyond
 const VHD: &[&str] = &["vhd"];
 const VHDX_BZ2: &[&str] = &["vhdx", "bzip2"];
 const VHD_BZ2: &[&str] = &["vhd", "bzip2"];
-const VMDK: &[&str] = &["vmdk"];
 const PARALLELS: &[&str] = &["parallels"];
 const DMG: &[&str] = &["dmg"];
 
@@ -48,6 +49,10 @@ const CORPUS: &[(&str, Expect)] = &[
     ("virtnbdbackup/vm3-sda.qcow2", Qemu),
     ("virtnbdbackup/vm5-sda.qcow2", Qemu), // bitmaps, file size not cluster aligned
     ("cdi/fs-overhead.qcow2", Qemu),       // virtual size not a cluster multiple
+    // VMDK images qemu-img converts: monolithicSparse, VMware's streamOptimized.
+    ("dfvfs/ext2.vmdk", QemuAs("vmdk")),
+    ("plaso/image.vmdk", QemuAs("vmdk")),
+    ("qemu-sample-images/iotest-version3.vmdk", QemuAs("vmdk")), // GTs after grains
     // The bytes are the disk.
     ("qemu-sample-images/grub_mbr.raw", Verbatim),
     ("dfvfs/iso9660.raw", Verbatim),
@@ -66,9 +71,12 @@ const CORPUS: &[(&str, Expect)] = &[
     ("cdi/cirros-snapshot2.qcow2", Refuse(BACKING)),
     ("virtnbdbackup/vm6-sda.qcow2", Refuse(DATA_FILE)),
     ("libqcow/file_header.1", Refuse(TRUNCATED)), // L1 table past EOF
-    ("cdi/invalid-qcow-large-memory.img", Refuse(VMDK)), // a VMDK memory bomb
+    (
+        "cdi/invalid-qcow-large-memory.img",
+        Refuse(&["granularity"]),
+    ), // a VMDK memory bomb
     ("qemu-sample-images/afl5.img", Refuse(VHD)), // fuzzed VHD header
-    ("qemu-sample-images/afl9.vmdk", Refuse(VMDK)),
+    ("qemu-sample-images/afl9.vmdk", Refuse(&["L1 size too big"])),
     ("dfvfs/corrupt1.gz", Refuse(&["gzip"])),
     ("sleuthkit/image.qcow", Refuse(&["version 1"])), // "qcow (version 1)"
     // Formats not (yet) converted: refuse, naming the format.
@@ -93,9 +101,6 @@ const CORPUS: &[(&str, Expect)] = &[
         "qemu-sample-images/test-disk2vhd.vhdx.bz2",
         Refuse(VHDX_BZ2),
     ),
-    ("dfvfs/ext2.vmdk", Refuse(VMDK)),
-    ("plaso/image.vmdk", Refuse(VMDK)),
-    ("qemu-sample-images/iotest-version3.vmdk", Refuse(VMDK)),
     ("qemu-sample-images/parallels-v1", Refuse(PARALLELS)),
     ("qemu-sample-images/parallels-v2", Refuse(PARALLELS)),
     (
@@ -172,6 +177,7 @@ fn expected(dir: &Path, file: &str, how: Expect, tmp: &Path) -> Result<Option<Pa
     let out = tmp.join(format!("{}.expected", file.replace('/', "_")));
     match how {
         Qemu => qemu_convert("qcow2", &src, &out).map(|_| Some(out)),
+        QemuAs(format) => qemu_convert(format, &src, &out).map(|_| Some(out)),
         Verbatim => Ok(Some(src)),
         GunzipQemu => {
             let inner = tmp.join(format!("{}.inner", file.replace('/', "_")));
@@ -229,6 +235,14 @@ fn convert_matching(select: fn(Expect) -> bool, what: &str) {
 #[test]
 fn qcow2_images_match_qemu_img() {
     convert_matching(|h| matches!(h, Qemu), "qcow2 vs qemu-img convert");
+}
+
+#[test]
+fn other_formats_match_qemu_img() {
+    convert_matching(
+        |h| matches!(h, QemuAs(_)),
+        "vmdk/vhd/vhdx/vdi vs qemu-img convert",
+    );
 }
 
 #[test]

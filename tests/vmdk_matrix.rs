@@ -97,7 +97,13 @@ fn build_derived(dir: &Path, made: &[Entry]) -> Vec<Entry> {
     }
     let conv = std::fs::read(dir.join("conv_sparse.raw")).unwrap();
     let odd = std::fs::read(dir.join("odd_sparse.raw")).unwrap();
-    for (grain, gtes) in [(8u64, 512u64), (16, 512), (256, 512), (2048, 512), (128, 64)] {
+    for (grain, gtes) in [
+        (8u64, 512u64),
+        (16, 512),
+        (256, 512),
+        (2048, 512),
+        (128, 64),
+    ] {
         built.push((
             format!("grain{grain}_gt{gtes}_sparse"),
             "monolithicSparse",
@@ -121,7 +127,12 @@ fn build_derived(dir: &Path, made: &[Entry]) -> Vec<Entry> {
         let image = dir.join(format!("{name}.vmdk"));
         std::fs::write(&image, bytes).unwrap();
         let raw = dir.join(format!("{name}.raw"));
-        run_ok(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&image).arg(&raw));
+        run_ok(
+            Command::new("qemu-img")
+                .args(["convert", "-O", "raw"])
+                .arg(&image)
+                .arg(&raw),
+        );
         for (what, file) in [("map", "map.json"), ("info", "info.json")] {
             let out = Command::new("qemu-img")
                 .args([what, "--output=json"])
@@ -132,8 +143,16 @@ fn build_derived(dir: &Path, made: &[Entry]) -> Vec<Entry> {
             std::fs::write(dir.join(format!("{name}.{file}")), out.stdout).unwrap();
         }
         run_ok(Command::new("gzip").args(["-k", "-1", "-f"]).arg(&image));
-        run_ok(Command::new("xz").args(["-k", "-0", "-T1", "-f"]).arg(&image));
-        run_ok(Command::new("zstd").args(["-q", "-k", "-1", "-f"]).arg(&image));
+        run_ok(
+            Command::new("xz")
+                .args(["-k", "-0", "-T1", "-f"])
+                .arg(&image),
+        );
+        run_ok(
+            Command::new("zstd")
+                .args(["-q", "-k", "-1", "-f"])
+                .arg(&image),
+        );
         entries.push(Entry {
             name,
             subformat: subformat.into(),
@@ -184,8 +203,10 @@ fn compare_sparse(actual: &Path, expected: &Path) -> Result<(), String> {
         let mut at = start.max(done);
         while at < end {
             let n = ((end - at) as usize).min(x.len());
-            a.read_exact_at(&mut x[..n], at).map_err(|e| e.to_string())?;
-            b.read_exact_at(&mut y[..n], at).map_err(|e| e.to_string())?;
+            a.read_exact_at(&mut x[..n], at)
+                .map_err(|e| e.to_string())?;
+            b.read_exact_at(&mut y[..n], at)
+                .map_err(|e| e.to_string())?;
             if x[..n] != y[..n] {
                 let i = (0..n).find(|&i| x[i] != y[i]).unwrap();
                 return Err(format!("first difference at byte {}", at + i as u64));
@@ -317,7 +338,10 @@ fn info_json_reports_what_qemu_img_info_does() {
                 ("virtual_size", info["virtual_size"] == qemu["virtual-size"]),
                 ("grain_size", info["grain_size"] == qemu["cluster-size"]),
                 ("allocated_bytes", info["allocated_bytes"].is_u64()),
-                ("compression", info["compression"] == serde_json::json!(want_compression)),
+                (
+                    "compression",
+                    info["compression"] == serde_json::json!(want_compression),
+                ),
                 // Every layout streams: tables first, or grains placed by their markers.
                 ("streaming.mode", info["streaming"]["mode"] == "streamed"),
                 ("spilled_bytes", info["streaming"]["spilled_bytes"] == 0),
@@ -330,7 +354,9 @@ fn info_json_reports_what_qemu_img_info_does() {
             }
         }
     }
-    note(&format!("vmdk_matrix info --json: {checked} inputs as expected"));
+    note(&format!(
+        "vmdk_matrix info --json: {checked} inputs as expected"
+    ));
     finish("vmdk info --json", failures);
 }
 
@@ -415,144 +441,348 @@ type Mutation = fn(&mut Vec<u8>);
 
 /// (base image, what is wrong, mutation, words the message must contain one of).
 const HOSTILE: &[(&str, &str, Mutation, &[&str])] = &[
-    ("conv_sparse", "grain size not a power of two", |b| set_u64(b, 20, 96), &["granularity"]),
-    ("conv_sparse", "grain size 4 GiB", |b| set_u64(b, 20, 1 << 23), &["granularity"]),
-    ("conv_sparse", "grain directory of 2^34 entries", |b| set_u64(b, 12, 1 << 50), &["L1 size too big"]),
-    ("conv_sparse", "grain directory of 120 MiB", |b| {
-        // 1-sector grains, 1 entry per grain table: 30 Mi GD entries for 15 GiB.
-        set_u64(b, 20, 1);
-        set_u32(b, 44, 1);
-        set_u64(b, 12, 30 << 20);
-    }, &["budget"]),
-    ("conv_sparse", "4096 entries per grain table", |b| set_u32(b, 44, 4096), &["grain table size"]),
-    ("conv_sparse", "version 4", |b| set_u32(b, 4, 4), &["version"]),
-    ("conv_sparse", "compression flag without algorithm", |b| set_u32(b, 8, 0x10003), &["compressAlgorithm"]),
-    ("conv_sparse", "newline bytes damaged", |b| b[75] = b'\n', &["newline"]),
-    ("conv_sparse", "capacity 2^60 sectors", |b| set_u64(b, 12, 1 << 60), &["capacity", "L1 size"]),
-    ("conv_sparse", "grain directory past the end", |b| set_u64(b, 56, 1 << 20), &["truncat"]),
-    ("conv_sparse", "grain directory inside the header", |b| set_u64(b, 56, 0), &["inside the header"]),
-    ("conv_sparse", "overHead past the end", |b| set_u64(b, 64, 1 << 24), &["truncat", "overHead"]),
-    ("conv_sparse", "grain table past the end", |b| {
-        let f = facts(b);
-        set_u32(b, f.gd, 1 << 24);
-    }, &["truncat"]),
-    ("conv_sparse", "grain table on the header", |b| {
-        let f = facts(b);
-        set_u32(b, f.gd, 1);
-    }, &["invalid grain table", "descriptor"]),
-    ("scattered", "grain table overlapping another", |b| {
-        let f = facts(b);
-        set_u32(b, f.gd + 4, (f.first_gt / SECTOR + 1) as u32);
-    }, &["overlap"]),
-    ("conv_sparse", "grain entry into the grain directory", |b| {
-        let f = facts(b);
-        set_u32(b, f.first_gt, (f.gd / SECTOR) as u32);
-    }, &["metadata"]),
-    ("scattered", "grain entry on its own grain table", |b| {
-        let f = facts(b);
-        let gt = u64::from(u32_at(b, f.gd as usize + 4)) * SECTOR;
-        set_u32(b, f.first_gt + 4, 0);
-        set_u32(b, f.first_gt, (gt / SECTOR) as u32);
-    }, &["metadata", "grain table"]),
-    ("conv_sparse", "grain past the end", |b| {
-        let f = facts(b);
-        let past = (b.len() as u64 / SECTOR + 1000) as u32;
-        set_u32(b, f.first_gt, past);
-    }, &["truncat"]),
-    ("conv_sparse", "grain entry 1 without the zeroed-grain flag", |b| {
-        let f = facts(b);
-        set_u32(b, f.first_gt, 1);
-    }, &["zeroed grain"]),
-    ("conv_sparse", "truncated inside the data", |b| {
-        let f = facts(b);
-        b.truncate((f.last_grain + 1000) as usize);
-    }, &["truncat"]),
-    ("conv_sparse", "truncated inside the tables", |b| {
-        let f = facts(b);
-        b.truncate((f.first_gt + 100) as usize);
-    }, &["truncat"]),
-    ("conv_sparse", "embedded descriptor names a parent", |b| {
-        replace_text(b, b"parentCID=ffffffff", b"parentCID=12345678");
-    }, &["parent"]),
-    ("conv_sparse", "embedded descriptor names a flat extent", |b| {
-        replace_text(b, b"SPARSE \"conv_sparse.vmdk\"", b"FLAT \"/etc/hostname\" 0\n");
-    }, &["/etc/hostname"]),
-    ("conv_sparse", "capacity 0 and an embedded extent list", |b| {
-        set_u64(b, 12, 0);
-    }, &["conv_sparse.vmdk"]),
-    ("conv_stream", "grain marker with a size past a grain", |b| {
-        let f = facts(b);
-        set_u32(b, f.first_grain + 8, 70000);
-    }, &["compressed bytes"]),
-    ("conv_stream", "grain marker LBA of another grain", |b| {
-        let f = facts(b);
-        let lba = u64_at(b, f.first_grain as usize);
-        set_u64(b, f.first_grain, lba + 128 * 4);
-    }, &["grain table maps"]),
-    ("conv_stream", "grain marker LBA inside a grain", |b| {
-        let f = facts(b);
-        let lba = u64_at(b, f.first_grain as usize);
-        set_u64(b, f.first_grain, lba + 1);
-    }, &["start of a grain"]),
-    ("conv_stream", "grain marker LBA past the disk", |b| {
-        let f = facts(b);
-        set_u64(b, f.first_grain, 1 << 40);
-    }, &["end of the disk"]),
-    ("conv_stream", "corrupt deflate data", |b| {
-        let f = facts(b);
-        for i in 14..40 {
-            b[(f.first_grain + i) as usize] ^= 0x5a;
-        }
-    }, &["zlib", "compressed grain"]),
-    ("conv_stream", "grain table entry missing for a grain", |b| {
-        let f = facts(b);
-        set_u32(b, f.first_gt, 0);
-    }, &["in no grain table"]),
-    ("conv_stream", "not a marker where one must be", |b| {
-        let f = facts(b);
-        set_u32(b, f.first_grain + 8, 0);
-        set_u32(b, f.first_grain + 12, 9);
-    }, &["marker"]),
-    ("conv_stream", "truncated inside a grain", |b| {
-        let f = facts(b);
-        b.truncate((f.last_grain + 100) as usize);
-    }, &["truncat"]),
-    ("conv_stream", "truncated at a grain boundary", |b| {
-        let f = facts(b);
-        b.truncate(f.last_grain as usize);
-    }, &["truncat"]),
-    ("conv_stream", "grain table past overHead", |b| {
-        let f = facts(b);
-        set_u32(b, f.gd, (f.first_grain / SECTOR) as u32);
-    }, &["overHead"]),
-    ("scattered_stream_vmware", "footer cut off", |b| {
-        b.truncate(b.len() - 1536);
-    }, &["footer"]),
-    ("scattered_stream_vmware", "footer names another grain directory", |b| {
-        let at = b.len() as u64 - 1024 + 56;
-        let gd = u64_at(b, at as usize);
-        set_u64(b, at, gd + 1);
-    }, &["footer"]),
-    ("scattered_stream_vmware", "end-of-stream marker replaced", |b| {
-        let at = b.len() as u64 - 512 + 12;
-        set_u32(b, at, 7);
-    }, &["marker type 7"]),
-    ("scattered_stream_vmware", "grain table disagrees with a marker", |b| {
-        let gd = u64_at(b, b.len() - 1024 + 56) * SECTOR;
-        let gt = u64::from(u32_at(b, gd as usize)) * SECTOR;
-        let (j, sector) = (0..512)
-            .map(|j| (j, u32_at(b, gt as usize + j * 4)))
-            .find(|&(_, s)| s != 0)
-            .unwrap();
-        set_u32(b, gt + j as u64 * 4, 0);
-        set_u32(b, gt + ((j as u64 + 1) % 512) * 4, sector);
-    }, &["grain table maps", "in no grain table"]),
-    ("cowd_g8", "COWD without CID", |b| {
-        replace_text(b, b"CID=12345678", b"XXX=12345678");
-    }, &["CID"]),
-    ("cowd_g8", "COWD with a parent", |b| {
-        replace_text(b, b"parentCID=ffffffff\n", b"parentFileNameHint=\"/p\"\n");
-    }, &["parent"]),
+    (
+        "conv_sparse",
+        "grain size not a power of two",
+        |b| set_u64(b, 20, 96),
+        &["granularity"],
+    ),
+    (
+        "conv_sparse",
+        "grain size 4 GiB",
+        |b| set_u64(b, 20, 1 << 23),
+        &["granularity"],
+    ),
+    (
+        "conv_sparse",
+        "grain directory of 2^34 entries",
+        |b| set_u64(b, 12, 1 << 50),
+        &["L1 size too big"],
+    ),
+    (
+        "conv_sparse",
+        "grain directory of 120 MiB",
+        |b| {
+            // 1-sector grains, 1 entry per grain table: 30 Mi GD entries for 15 GiB.
+            set_u64(b, 20, 1);
+            set_u32(b, 44, 1);
+            set_u64(b, 12, 30 << 20);
+        },
+        &["budget"],
+    ),
+    (
+        "conv_sparse",
+        "4096 entries per grain table",
+        |b| set_u32(b, 44, 4096),
+        &["grain table size"],
+    ),
+    (
+        "conv_sparse",
+        "version 4",
+        |b| set_u32(b, 4, 4),
+        &["version"],
+    ),
+    (
+        "conv_sparse",
+        "compression flag without algorithm",
+        |b| set_u32(b, 8, 0x10003),
+        &["compressAlgorithm"],
+    ),
+    (
+        "conv_sparse",
+        "newline bytes damaged",
+        |b| b[75] = b'\n',
+        &["newline"],
+    ),
+    (
+        "conv_sparse",
+        "capacity 2^60 sectors",
+        |b| set_u64(b, 12, 1 << 60),
+        &["capacity", "L1 size"],
+    ),
+    (
+        "conv_sparse",
+        "grain directory past the end",
+        |b| set_u64(b, 56, 1 << 20),
+        &["truncat"],
+    ),
+    (
+        "conv_sparse",
+        "grain directory inside the header",
+        |b| set_u64(b, 56, 0),
+        &["inside the header"],
+    ),
+    (
+        "conv_sparse",
+        "overHead past the end",
+        |b| set_u64(b, 64, 1 << 24),
+        &["truncat", "overHead"],
+    ),
+    (
+        "conv_sparse",
+        "grain table past the end",
+        |b| {
+            let f = facts(b);
+            set_u32(b, f.gd, 1 << 24);
+        },
+        &["truncat"],
+    ),
+    (
+        "conv_sparse",
+        "grain table on the header",
+        |b| {
+            let f = facts(b);
+            set_u32(b, f.gd, 1);
+        },
+        &["invalid grain table", "descriptor"],
+    ),
+    (
+        "scattered",
+        "grain table overlapping another",
+        |b| {
+            let f = facts(b);
+            set_u32(b, f.gd + 4, (f.first_gt / SECTOR + 1) as u32);
+        },
+        &["overlap"],
+    ),
+    (
+        "conv_sparse",
+        "grain entry into the grain directory",
+        |b| {
+            let f = facts(b);
+            set_u32(b, f.first_gt, (f.gd / SECTOR) as u32);
+        },
+        &["metadata"],
+    ),
+    (
+        "scattered",
+        "grain entry on its own grain table",
+        |b| {
+            let f = facts(b);
+            let gt = u64::from(u32_at(b, f.gd as usize + 4)) * SECTOR;
+            set_u32(b, f.first_gt + 4, 0);
+            set_u32(b, f.first_gt, (gt / SECTOR) as u32);
+        },
+        &["metadata", "grain table"],
+    ),
+    (
+        "conv_sparse",
+        "grain past the end",
+        |b| {
+            let f = facts(b);
+            let past = (b.len() as u64 / SECTOR + 1000) as u32;
+            set_u32(b, f.first_gt, past);
+        },
+        &["truncat"],
+    ),
+    (
+        "conv_sparse",
+        "grain entry 1 without the zeroed-grain flag",
+        |b| {
+            let f = facts(b);
+            set_u32(b, f.first_gt, 1);
+        },
+        &["zeroed grain"],
+    ),
+    (
+        "conv_sparse",
+        "truncated inside the data",
+        |b| {
+            let f = facts(b);
+            b.truncate((f.last_grain + 1000) as usize);
+        },
+        &["truncat"],
+    ),
+    (
+        "conv_sparse",
+        "truncated inside the tables",
+        |b| {
+            let f = facts(b);
+            b.truncate((f.first_gt + 100) as usize);
+        },
+        &["truncat"],
+    ),
+    (
+        "conv_sparse",
+        "embedded descriptor names a parent",
+        |b| {
+            replace_text(b, b"parentCID=ffffffff", b"parentCID=12345678");
+        },
+        &["parent"],
+    ),
+    (
+        "conv_sparse",
+        "embedded descriptor names a flat extent",
+        |b| {
+            replace_text(
+                b,
+                b"SPARSE \"conv_sparse.vmdk\"",
+                b"FLAT \"/etc/hostname\" 0\n",
+            );
+        },
+        &["/etc/hostname"],
+    ),
+    (
+        "conv_sparse",
+        "capacity 0 and an embedded extent list",
+        |b| {
+            set_u64(b, 12, 0);
+        },
+        &["conv_sparse.vmdk"],
+    ),
+    (
+        "conv_stream",
+        "grain marker with a size past a grain",
+        |b| {
+            let f = facts(b);
+            set_u32(b, f.first_grain + 8, 70000);
+        },
+        &["compressed bytes"],
+    ),
+    (
+        "conv_stream",
+        "grain marker LBA of another grain",
+        |b| {
+            let f = facts(b);
+            let lba = u64_at(b, f.first_grain as usize);
+            set_u64(b, f.first_grain, lba + 128 * 4);
+        },
+        &["grain table maps"],
+    ),
+    (
+        "conv_stream",
+        "grain marker LBA inside a grain",
+        |b| {
+            let f = facts(b);
+            let lba = u64_at(b, f.first_grain as usize);
+            set_u64(b, f.first_grain, lba + 1);
+        },
+        &["start of a grain"],
+    ),
+    (
+        "conv_stream",
+        "grain marker LBA past the disk",
+        |b| {
+            let f = facts(b);
+            set_u64(b, f.first_grain, 1 << 40);
+        },
+        &["end of the disk"],
+    ),
+    (
+        "conv_stream",
+        "corrupt deflate data",
+        |b| {
+            let f = facts(b);
+            for i in 14..40 {
+                b[(f.first_grain + i) as usize] ^= 0x5a;
+            }
+        },
+        &["zlib", "compressed grain"],
+    ),
+    (
+        "conv_stream",
+        "grain table entry missing for a grain",
+        |b| {
+            let f = facts(b);
+            set_u32(b, f.first_gt, 0);
+        },
+        &["in no grain table"],
+    ),
+    (
+        "conv_stream",
+        "not a marker where one must be",
+        |b| {
+            let f = facts(b);
+            set_u32(b, f.first_grain + 8, 0);
+            set_u32(b, f.first_grain + 12, 9);
+        },
+        &["marker"],
+    ),
+    (
+        "conv_stream",
+        "truncated inside a grain",
+        |b| {
+            let f = facts(b);
+            b.truncate((f.last_grain + 100) as usize);
+        },
+        &["truncat"],
+    ),
+    (
+        "conv_stream",
+        "truncated at a grain boundary",
+        |b| {
+            let f = facts(b);
+            b.truncate(f.last_grain as usize);
+        },
+        &["truncat"],
+    ),
+    (
+        "conv_stream",
+        "grain table past overHead",
+        |b| {
+            let f = facts(b);
+            set_u32(b, f.gd, (f.first_grain / SECTOR) as u32);
+        },
+        &["overHead"],
+    ),
+    (
+        "scattered_stream_vmware",
+        "footer cut off",
+        |b| {
+            b.truncate(b.len() - 1536);
+        },
+        &["footer"],
+    ),
+    (
+        "scattered_stream_vmware",
+        "footer names another grain directory",
+        |b| {
+            let at = b.len() as u64 - 1024 + 56;
+            let gd = u64_at(b, at as usize);
+            set_u64(b, at, gd + 1);
+        },
+        &["footer"],
+    ),
+    (
+        "scattered_stream_vmware",
+        "end-of-stream marker replaced",
+        |b| {
+            let at = b.len() as u64 - 512 + 12;
+            set_u32(b, at, 7);
+        },
+        &["marker type 7"],
+    ),
+    (
+        "scattered_stream_vmware",
+        "grain table disagrees with a marker",
+        |b| {
+            let gd = u64_at(b, b.len() - 1024 + 56) * SECTOR;
+            let gt = u64::from(u32_at(b, gd as usize)) * SECTOR;
+            let (j, sector) = (0..512)
+                .map(|j| (j, u32_at(b, gt as usize + j * 4)))
+                .find(|&(_, s)| s != 0)
+                .unwrap();
+            set_u32(b, gt + j as u64 * 4, 0);
+            set_u32(b, gt + ((j as u64 + 1) % 512) * 4, sector);
+        },
+        &["grain table maps", "in no grain table"],
+    ),
+    (
+        "cowd_g8",
+        "COWD without CID",
+        |b| {
+            replace_text(b, b"CID=12345678", b"XXX=12345678");
+        },
+        &["CID"],
+    ),
+    (
+        "cowd_g8",
+        "COWD with a parent",
+        |b| {
+            replace_text(b, b"parentCID=ffffffff\n", b"parentFileNameHint=\"/p\"\n");
+        },
+        &["parent"],
+    ),
 ];
 
 /// Overwrites the first `from` with `to` (which may run on over the bytes after it).
@@ -597,7 +827,11 @@ fn descriptor_files_are_refused_naming_their_extents() {
     let tmp = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     let mut cases: Vec<(PathBuf, Vec<String>)> = Vec::new();
-    for sub in ["monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat"] {
+    for sub in [
+        "monolithicFlat",
+        "twoGbMaxExtentSparse",
+        "twoGbMaxExtentFlat",
+    ] {
         let image = tmp.path().join(format!("{sub}.vmdk"));
         let run = qemu_img(&[
             "create",
@@ -643,7 +877,10 @@ fn descriptor_files_are_refused_naming_their_extents() {
         let _ = std::fs::remove_file(&target);
         let missing: Vec<&&str> = words.iter().filter(|w| !run.stderr.contains(**w)).collect();
         if !missing.is_empty() {
-            failures.push(format!("{}: extents not named: {missing:?}", image.display()));
+            failures.push(format!(
+                "{}: extents not named: {missing:?}",
+                image.display()
+            ));
         }
     }
     assert!(!host_path.exists());

@@ -13,8 +13,8 @@ pub mod qcow2;
 pub mod raw;
 pub mod registry;
 pub mod sniff;
-pub mod vmdk;
 pub mod summary;
+pub mod vmdk;
 
 pub use engine::{ImageError, ImageErrorKind, MapEntry, StreamOptions, DEFAULT_MEMORY_BUDGET};
 pub use registry::{probe, ImageReader, Probed};

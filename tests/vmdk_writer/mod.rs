@@ -157,7 +157,8 @@ pub fn vmware_layout(qemu: &[u8]) -> Vec<u8> {
     };
     let mut gd = vec![0u32; gd_entries as usize];
     for (i, entry) in gd.iter_mut().enumerate() {
-        let gt_at = (u64::from(u32_at(qemu, (gd_sector * SECTOR) as usize + i * 4)) * SECTOR) as usize;
+        let gt_at =
+            (u64::from(u32_at(qemu, (gd_sector * SECTOR) as usize + i * 4)) * SECTOR) as usize;
         let mut gt = vec![0u32; gtes as usize];
         for (j, slot) in gt.iter_mut().enumerate() {
             let sector = u64::from(u32_at(qemu, gt_at + j * 4));
@@ -230,7 +231,11 @@ pub fn cowd(raw: &[u8], granularity: u64, text: Option<&str>) -> Vec<u8> {
         let gt = first_gt + i * 32;
         put_u32(&mut out, (4 * SECTOR + i * 4) as usize, gt as u32);
         for j in 0..4096 {
-            put_u32(&mut out, (gt * SECTOR + j * 4) as usize, gts[(i * 4096 + j) as usize]);
+            put_u32(
+                &mut out,
+                (gt * SECTOR + j * 4) as usize,
+                gts[(i * 4096 + j) as usize],
+            );
         }
     }
     out

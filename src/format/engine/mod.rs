@@ -23,6 +23,7 @@
 //! - `runs`: merging pieces into runs.
 //! - `map`: the allocation map.
 //! - `error`: [`StreamError`] and the format-naming [`ImageError`].
+//! - `test_sink` (tests only): an in-memory sink for format unit tests.
 
 pub mod codec;
 mod core;
@@ -31,6 +32,8 @@ pub mod map;
 mod ranges;
 mod retained;
 mod runs;
+#[cfg(test)]
+pub mod test_sink;
 
 use std::path::PathBuf;
 

@@ -5,43 +5,11 @@
 use bytes::Bytes;
 
 use super::{convert_stream, Qcow2Error};
-use crate::extent::{Extent, ExtentKind};
+use crate::format::engine::test_sink::MemorySink;
 use crate::format::engine::{ImageError, StreamError, StreamOptions};
-use crate::sink::{ExtentSink, SinkError, SinkSummary};
 use crate::stream::ChunkStream;
 
 const CLUSTER: u64 = 65536;
-
-/// Records extents into a flat buffer of the virtual size.
-#[derive(Default)]
-struct MemorySink {
-    disk: Vec<u8>,
-}
-
-impl ExtentSink for MemorySink {
-    fn set_size(&mut self, size: u64) -> Result<(), SinkError> {
-        // Not zero: zero extents must really be written. Sizes beyond what a
-        // test image needs are only bounds-checked.
-        if size <= 1 << 30 {
-            self.disk = vec![0xEE; size as usize];
-        }
-        Ok(())
-    }
-    fn write(&mut self, extent: Extent) -> Result<(), SinkError> {
-        let at = extent.guest_offset as usize;
-        if self.disk.is_empty() {
-            return Ok(());
-        }
-        match extent.kind {
-            ExtentKind::Data(b) => self.disk[at..at + b.len()].copy_from_slice(&b),
-            ExtentKind::Zero(n) => self.disk[at..at + n as usize].fill(0),
-        }
-        Ok(())
-    }
-    fn finish(&mut self) -> Result<SinkSummary, SinkError> {
-        Ok(SinkSummary::default())
-    }
-}
 
 /// A v3 image with 64 KiB clusters, built cluster by cluster.
 struct Image {

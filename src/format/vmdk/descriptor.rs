@@ -227,7 +227,10 @@ mod tests {
         let msg = d.check_embedded(2048).unwrap_err().to_string();
         assert!(msg.contains("FLAT \"disk-flat.vmdk\""), "{msg}");
         let msg = d.refuse_as_file().to_string();
-        assert!(msg.contains("monolithicFlat") && msg.contains("disk-flat.vmdk"), "{msg}");
+        assert!(
+            msg.contains("monolithicFlat") && msg.contains("disk-flat.vmdk"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -249,16 +252,24 @@ mod tests {
             b"createType=\"twoGbMaxExtentSparse\"\nRW 4192256 SPARSE \"a-s001.vmdk\"\nRW 4192256 SPARSE \"a-s002.vmdk\"\n",
         );
         let msg = d.check_embedded(100).unwrap_err().to_string();
-        assert!(msg.contains("2 extents") && msg.contains("a-s002.vmdk"), "{msg}");
+        assert!(
+            msg.contains("2 extents") && msg.contains("a-s002.vmdk"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn names_in_messages_are_escaped_and_cut() {
         let d = Descriptor::parse(b"RW 1 FLAT \"a\x1b[2Jb\"\n");
         let msg = d.refuse_as_file().to_string();
-        assert!(!msg.contains('\x1b') && msg.contains("a\\u{1b}[2Jb"), "{msg}");
+        assert!(
+            !msg.contains('\x1b') && msg.contains("a\\u{1b}[2Jb"),
+            "{msg}"
+        );
         let long = format!("RW 1 FLAT \"{}\"\n", "x".repeat(500));
-        let msg = Descriptor::parse(long.as_bytes()).refuse_as_file().to_string();
+        let msg = Descriptor::parse(long.as_bytes())
+            .refuse_as_file()
+            .to_string();
         assert!(msg.len() < 400, "{msg}");
     }
 }

@@ -57,7 +57,9 @@ pub enum VmdkError {
         algorithm: u16,
     },
     /// The embedded descriptor's place is not inside the metadata area.
-    #[error("the embedded descriptor at sector {offset} ({sectors} sectors) is out of range: {reason}")]
+    #[error(
+        "the embedded descriptor at sector {offset} ({sectors} sectors) is out of range: {reason}"
+    )]
     DescriptorRange {
         /// descriptorOffset.
         offset: u64,
@@ -163,7 +165,9 @@ pub enum VmdkError {
         reason: &'static str,
     },
     /// A compressed grain's size is zero or too large.
-    #[error("grain marker at byte {offset:#x} claims {size} compressed bytes (must be 1 to {max})")]
+    #[error(
+        "grain marker at byte {offset:#x} claims {size} compressed bytes (must be 1 to {max})"
+    )]
     CompressedSize {
         /// Host offset.
         offset: u64,

@@ -103,9 +103,6 @@ impl Header {
             return Err(VmdkError::UnsupportedVersion(version));
         }
         let flags = u32_at(b, 8);
-        if flags & FLAG_NEWLINE_TEST != 0 && b[73..77] != *b"\n \r\n" {
-            return Err(VmdkError::NewlineBytes);
-        }
         let algorithm = u16::from_le_bytes([b[77], b[78]]);
         let compressed = flags & FLAG_COMPRESSED != 0;
         let markers = flags & FLAG_MARKERS != 0;
@@ -130,7 +127,9 @@ impl Header {
         let descriptor = match (descriptor_sector, descriptor_sectors) {
             (0, _) | (_, 0) => None,
             (s, n) => {
-                if n * SECTOR > super::descriptor::MAX_DESCRIPTOR_BYTES as u64 || s > MAX_DESCRIPTOR_SECTOR {
+                if n * SECTOR > super::descriptor::MAX_DESCRIPTOR_BYTES as u64
+                    || s > MAX_DESCRIPTOR_SECTOR
+                {
                     return Err(VmdkError::DescriptorRange {
                         offset: s,
                         sectors: n,
@@ -170,6 +169,10 @@ impl Header {
             overhead,
         };
         let needed = header.gd_entries_needed()?;
+        // Last, so that a header broken in its geometry is named for that.
+        if flags & FLAG_NEWLINE_TEST != 0 && b[73..77] != *b"\n \r\n" {
+            return Err(VmdkError::NewlineBytes);
+        }
         Ok(Header {
             gd_entries_in_file: needed,
             ..header

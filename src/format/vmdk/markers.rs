@@ -136,7 +136,9 @@ impl StreamTables {
     fn marker(&mut self, bytes: &[u8], claims: &mut Claims<'_>) -> Result<(), Fault> {
         let at = self.next_marker.take().expect("a marker was wanted");
         let value = u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes"));
-        let size = u64::from(u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")));
+        let size = u64::from(u32::from_le_bytes(
+            bytes[8..12].try_into().expect("4 bytes"),
+        ));
         if size > 0 {
             return self.grain_marker(at, value, size, claims);
         }
@@ -235,7 +237,9 @@ impl StreamTables {
                     .map_err(|e| VmdkError::Footer(format!("the footer header: {e}")))?;
                 self.check_footer(&footer)?;
                 let gd = footer.gd_offset.ok_or_else(|| {
-                    VmdkError::Footer("the footer too says the grain directory is at the end".into())
+                    VmdkError::Footer(
+                        "the footer too says the grain directory is at the end".into(),
+                    )
                 })?;
                 self.footer = Some((at - SECTOR, gd / SECTOR));
             }
