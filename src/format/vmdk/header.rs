@@ -122,21 +122,34 @@ impl Header {
         if !(1..=512).contains(&gtes_per_gt) {
             return Err(VmdkError::GtSize(gtes_per_gt));
         }
+        // The geometry first: a header broken in several fields is named for it, as
+        // qemu names it ("L1 size too big").
+        let capacity = capacity_bytes(capacity_sectors, true)?;
+        let gd_entries = capacity.div_ceil(gtes_per_gt * grain_sectors * SECTOR);
+        if gd_entries > MAX_GD_ENTRIES {
+            return Err(VmdkError::GdTooLarge {
+                entries: gd_entries,
+                limit: MAX_GD_ENTRIES,
+            });
+        }
         let descriptor_sector = u64_at(b, 28);
         let descriptor_sectors = u64_at(b, 36);
+        // Checked after the geometry, so that a header broken in both is named for
+        // its geometry, as qemu names it.
         let descriptor = match (descriptor_sector, descriptor_sectors) {
-            (0, _) | (_, 0) => None,
+            (0, _) | (_, 0) => Ok(None),
             (s, n) => {
                 if n * SECTOR > super::descriptor::MAX_DESCRIPTOR_BYTES as u64
                     || s > MAX_DESCRIPTOR_SECTOR
                 {
-                    return Err(VmdkError::DescriptorRange {
+                    Err(VmdkError::DescriptorRange {
                         offset: s,
                         sectors: n,
                         reason: "larger than 1 MiB or not inside the first 2 MiB",
-                    });
+                    })
+                } else {
+                    Ok(Some((s * SECTOR, n * SECTOR)))
                 }
-                Some((s * SECTOR, n * SECTOR))
             }
         };
         let rgd_offset = match flags & FLAG_REDUNDANT_GD {
@@ -159,22 +172,24 @@ impl Header {
             subformat,
             version,
             flags,
-            capacity: capacity_bytes(capacity_sectors, true)?,
+            capacity,
             grain_size: grain_sectors * SECTOR,
             gtes_per_gt,
-            descriptor,
+            descriptor: None,
             rgd_offset,
             gd_offset,
             gd_entries_in_file: 0,
             overhead,
         };
         let needed = header.gd_entries_needed()?;
+        let descriptor = descriptor?;
         // Last, so that a header broken in its geometry is named for that.
         if flags & FLAG_NEWLINE_TEST != 0 && b[73..77] != *b"\n \r\n" {
             return Err(VmdkError::NewlineBytes);
         }
         Ok(Header {
             gd_entries_in_file: needed,
+            descriptor,
             ..header
         })
     }
