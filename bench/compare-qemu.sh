@@ -8,7 +8,9 @@
 #   SIZE     virtual size of the filesystem image (default 2G)
 # env: BENCH_TREE  directory tree to copy into the filesystem (default: /usr/share
 #      and /usr/bin and /usr/include, trimmed to fit), BENCH_RUNS (default 3),
-#      BENCH_EXTRA  extra qcow2 options for the image, e.g. "-c" for compressed.
+#      BENCH_EXTRA  extra qcow2 options for the image, e.g. "-c" for compressed,
+#      BENCH_FORMAT the image format (default qcow2; e.g. BENCH_FORMAT=vmdk
+#      BENCH_EXTRA="-o subformat=streamOptimized").
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,7 +22,8 @@ bin="$here/target/release/diskimport"
 (cd "$here" && cargo build --release --quiet)
 
 fs="$work/fs-$size.img"
-img="$work/fs-$size${BENCH_EXTRA:+-c}.qcow2"
+format=${BENCH_FORMAT:-qcow2}
+img="$work/fs-$size${BENCH_EXTRA:+-c}.$format"
 if [ ! -s "$img" ]; then
   echo "building a $size ext4 image from a real tree (once; kept in $work)" >&2
   tree=${BENCH_TREE:-}
@@ -34,7 +37,7 @@ if [ ! -s "$img" ]; then
   rm -f "$fs"
   truncate -s "$size" "$fs"
   mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 -d "$tree" "$fs"
-  qemu-img convert -O qcow2 ${BENCH_EXTRA:-} "$fs" "$img"
+  qemu-img convert -O "$format" ${BENCH_EXTRA:-} "$fs" "$img"
   rm -f "$fs"
 fi
 echo "image: $(qemu-img info "$img" | grep -E 'virtual size|disk size' | tr '\n' ' ')"
