@@ -76,7 +76,10 @@ const CORPUS: &[(&str, Expect)] = &[
         Refuse(&["granularity"]),
     ), // a VMDK memory bomb
     ("qemu-sample-images/afl5.img", Refuse(VHD)), // fuzzed VHD header
-    ("qemu-sample-images/afl9.vmdk", Refuse(&["L1 size too big", "capacity"])),
+    (
+        "qemu-sample-images/afl9.vmdk",
+        Refuse(&["L1 size too big", "capacity"]),
+    ),
     ("dfvfs/corrupt1.gz", Refuse(&["gzip"])),
     ("sleuthkit/image.qcow", Refuse(&["version 1"])), // "qcow (version 1)"
     // Formats not (yet) converted: refuse, naming the format.
