@@ -292,8 +292,46 @@ fn vdi_reader(c: &mut Criterion) {
     group.finish();
 }
 
+/// The VMDK reader on qemu-img images of the same content: monolithicSparse, and
+/// streamOptimized (one deflated grain per 64 KiB, inflated as it arrives).
+fn vmdk_reader(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = disk_content();
+    let raw_path = dir.path().join("in.raw");
+    std::fs::write(&raw_path, &raw).unwrap();
+    let mut group = c.benchmark_group("vmdk_reader");
+    group.throughput(Throughput::Bytes(raw.len() as u64));
+    group.sample_size(10);
+    for subformat in ["monolithicSparse", "streamOptimized"] {
+        let out = dir.path().join(format!("{subformat}.vmdk"));
+        let status = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "vmdk", "-o"])
+            .arg(format!("subformat={subformat}"))
+            .arg(&raw_path)
+            .arg(&out)
+            .status()
+            .expect("qemu-img is needed for the vmdk benchmarks");
+        assert!(status.success());
+        let image = Bytes::from(std::fs::read(out).unwrap());
+        group.bench_function(subformat, |b| {
+            b.iter(|| {
+                let mut stream = ChunkStream::from_bytes(image.clone());
+                let mut sink = NullSink::default();
+                diskimport::format::vmdk::convert_stream(
+                    &mut stream,
+                    &mut sink,
+                    &StreamOptions::default(),
+                )
+                .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    vmdk_reader,
     vdi_reader,
     vhd_reader,
     qcow2_reader,

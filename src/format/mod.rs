@@ -18,6 +18,7 @@ pub mod summary;
 pub mod vhd;
 pub mod vdi;
 pub mod vhdx;
+pub mod vmdk;
 
 pub use engine::{ImageError, ImageErrorKind, MapEntry, StreamOptions, DEFAULT_MEMORY_BUDGET};
 pub use registry::{probe, ImageReader, Probed};

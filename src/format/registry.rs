@@ -31,6 +31,7 @@ pub static READERS: &[&dyn ImageReader] = &[
     &super::vhd::VhdReader,
     &super::vdi::VdiReader,
     &super::vhdx::VhdxReader,
+    &super::vmdk::VmdkReader,
     &super::raw::IsoReader,
 ];
 

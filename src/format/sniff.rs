@@ -143,7 +143,7 @@ fn is_vdi(head: &[u8]) -> bool {
 
 /// qemu's rule for a text vmdk descriptor (`vmdk_probe`): after comment lines
 /// (`#...`) and blank lines made of spaces, a line `version=1`, `2` or `3`.
-fn vmdk_descriptor(head: &[u8]) -> bool {
+pub(crate) fn vmdk_descriptor(head: &[u8]) -> bool {
     let mut p = 0;
     while p < head.len() {
         match head[p] {

@@ -306,6 +306,7 @@ impl<F: TableFormat> Engine<'_, '_, F> {
         let wants = std::mem::take(&mut self.claims.wants);
         for ((start, _), want) in wants {
             match want.claim {
+                Claim::Compressed { .. } if self.claims.metadata_only => {}
                 Claim::Compressed { unit, buf } => {
                     self.claims.inflate(unit, buf.freeze(), Some(want.end))?;
                 }
@@ -397,6 +398,14 @@ impl<'a> Claims<'a> {
             tables_all_claimed: false,
             stopped_early: false,
         }
+    }
+
+    /// Reading only tables, with every table claimed: data claims are not needed
+    /// (unclaimed bytes are dropped). Before every table is claimed, data is still
+    /// claimed, but its bytes are dropped as they pass instead of kept as unclaimed
+    /// bytes a later table might need.
+    fn skip_data_claims(&self) -> bool {
+        self.metadata_only && self.tables_all_claimed
     }
 
     /// Reading only tables, and every table is in: nothing more to read.
@@ -532,7 +541,7 @@ impl<'a> Claims<'a> {
         if let Some(what) = self.metadata.overlapping(host, host + len) {
             return Err(StreamError::DataOverlapsMetadata { guest, host, what });
         }
-        if self.metadata_only {
+        if self.skip_data_claims() {
             return Ok(());
         }
         if let Some(done) = self.runs.push(Run::Data { guest, host, len }) {
@@ -582,7 +591,7 @@ impl<'a> Claims<'a> {
                 what,
             });
         }
-        if self.metadata_only {
+        if self.skip_data_claims() {
             return Ok(());
         }
         self.flush_runs()?;
@@ -661,7 +670,9 @@ impl<'a> Claims<'a> {
             Claim::Data { guest } => {
                 let at = *guest;
                 *guest += piece.len() as u64;
-                self.sink.write(Extent::data(at, piece))?;
+                if !self.metadata_only {
+                    self.sink.write(Extent::data(at, piece))?;
+                }
                 Ok(false)
             }
             Claim::Table { buf, .. } | Claim::Compressed { buf, .. } => {
@@ -792,6 +803,9 @@ impl<'a> Claims<'a> {
             }
             Claim::Compressed { unit, buf } => {
                 self.release_assembly(buf.len() as u64);
+                if self.metadata_only {
+                    return Ok(()); // counted when claimed; not decompressed
+                }
                 self.inflate(unit, buf.freeze(), None)
             }
             Claim::Data { .. } => Ok(()),

@@ -25,6 +25,7 @@
 //! - `runs`: merging pieces into runs.
 //! - `map`: the allocation map.
 //! - `error`: [`StreamError`] and the format-naming [`ImageError`].
+//! - `test_sink` (tests only): an in-memory sink for format unit tests.
 
 pub mod bitmap;
 pub mod codec;
@@ -35,6 +36,8 @@ pub mod map;
 mod ranges;
 mod retained;
 mod runs;
+#[cfg(test)]
+pub mod test_sink;
 
 use std::path::PathBuf;
 
