@@ -139,3 +139,28 @@ fn convert_stats_name_every_stage() {
         .unwrap();
     assert!(sink > 0.0, "{stderr}");
 }
+
+/// Formats whose tables are not all named up front (or that the early stop does not
+/// cover) still read only what `info` needs without keeping the data: nothing is
+/// spilled even with a tiny memory budget.
+#[test]
+fn info_keeps_no_data_whatever_the_format() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["vmdk", "vdi", "vpc", "qcow2", "vhdx"] {
+        let image = data_heavy_image(dir.path(), format);
+        let run = diskimport(&[
+            "info",
+            "--json",
+            "--memory-budget",
+            "1M",
+            image.to_str().unwrap(),
+        ]);
+        assert!(run.ok(), "{format}: {}", run.describe());
+        let info: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+        assert_eq!(info["streaming"]["spilled_bytes"], 0, "{format}: {info}");
+        assert!(
+            info["allocated_bytes"].as_u64().unwrap() >= 192 << 20,
+            "{format}: {info}"
+        );
+    }
+}
