@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod watched;
+#[allow(unused_imports)] // not every test binary watches an import
 pub use watched::WatchedImport;
 
 use std::ffi::{OsStr, OsString};
