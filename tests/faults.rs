@@ -304,7 +304,9 @@ fn enospc_during_a_convert_fails_naming_it_and_leaves_no_file() {
     let run = common::convert(&image.qcow2, &target, &[]);
     assert!(!run.ok(), "{}", run.describe());
     assert!(
-        run.stderr.to_lowercase().contains("no space left on device"),
+        run.stderr
+            .to_lowercase()
+            .contains("no space left on device"),
         "{}",
         run.describe()
     );
@@ -332,7 +334,11 @@ fn eio_part_way_leaves_a_block_device_that_does_not_look_like_a_disk() {
         "{}",
         run.describe()
     );
-    assert_eq!(device.edges_nonzero(), (0, 0), "first/last MiB must be zero");
+    assert_eq!(
+        device.edges_nonzero(),
+        (0, 0),
+        "first/last MiB must be zero"
+    );
 }
 
 // ---- checksum mismatch on block devices --------------------------------------------
@@ -340,12 +346,7 @@ fn eio_part_way_leaves_a_block_device_that_does_not_look_like_a_disk() {
 fn checksum_mismatch_on_block(sector: u32) {
     let Some(servers) = ready() else { return };
     let image = make_image(6, 16);
-    let server = Faulty::start(
-        &servers,
-        &image.dir.path().join("srv"),
-        &image.qcow2,
-        &[],
-    );
+    let server = Faulty::start(&servers, &image.dir.path().join("srv"), &image.qcow2, &[]);
     let backing = image.dir.path().join("device.img");
     fs::File::create(&backing)
         .unwrap()
@@ -354,8 +355,7 @@ fn checksum_mismatch_on_block(sector: u32) {
     let device = Loop::attach(&backing, sector);
     device.fill_random();
     let root = Root::new();
-    std::os::unix::fs::symlink(&device.device, root.path().join("dev/cdi-block-volume"))
-        .unwrap();
+    std::os::unix::fs::symlink(&device.device, root.path().join("dev/cdi-block-volume")).unwrap();
     let url = server.url("disk.qcow2");
     let wrong = format!("sha256:{}", "0".repeat(64));
     let (code, stderr) = root.import(&[
@@ -366,9 +366,16 @@ fn checksum_mismatch_on_block(sector: u32) {
     // CDI: exit 0, the JSON message carries "checksum mismatch" (fatal).
     assert_eq!(code, 0, "{stderr}");
     let text = root.termination();
-    assert!(text.starts_with('{') && text.contains("checksum mismatch"), "{text}");
+    assert!(
+        text.starts_with('{') && text.contains("checksum mismatch"),
+        "{text}"
+    );
     assert!(!text.contains("Import Complete"), "{text}");
-    assert_eq!(device.edges_nonzero(), (0, 0), "first/last MiB must be zero");
+    assert_eq!(
+        device.edges_nonzero(),
+        (0, 0),
+        "first/last MiB must be zero"
+    );
 }
 
 #[test]

@@ -80,7 +80,10 @@ impl MemoryCgroup {
         fs::read_to_string(self.dir.join(file))
             .unwrap_or_default()
             .lines()
-            .find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse().ok())
+            })
             .unwrap_or(0)
     }
 
@@ -164,7 +167,10 @@ fn a_zstd_stream_with_a_2_gib_window_is_refused_naming_the_limit() {
         &cgroup,
         &run,
         &target,
-        &["zstd stream needs more than the 128 MiB window limit", "memory limit"],
+        &[
+            "zstd stream needs more than the 128 MiB window limit",
+            "memory limit",
+        ],
     );
 }
 
@@ -224,7 +230,10 @@ fn an_xz_stream_demanding_a_1_5_gib_dictionary_is_refused_naming_the_limit() {
         &cgroup,
         &run,
         &target,
-        &["xz stream needs more than the 286 MiB memory limit", "memory limit"],
+        &[
+            "xz stream needs more than the 286 MiB memory limit",
+            "memory limit",
+        ],
     );
 }
 
@@ -236,11 +245,20 @@ fn a_qcow2_with_a_huge_l1_table_is_refused_or_read_within_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     // The largest L1 qemu-img makes: 2 PiB virtual, 4 Mi entries (32 MiB).
     let largest = dir.path().join("largest-l1.qcow2");
-    let run = qemu_img(&["create", "-q", "-f", "qcow2", largest.to_str().unwrap(), "2P"]);
+    let run = qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        largest.to_str().unwrap(),
+        "2P",
+    ]);
     assert!(run.ok(), "{}", run.describe());
     let info = cgroup.run(&["info", "--json", largest.to_str().unwrap()]);
     assert!(info.ok(), "{}", info.describe());
-    assert!(info.stdout_str().contains("\"virtual_size\": 2251799813685248"));
+    assert!(info
+        .stdout_str()
+        .contains("\"virtual_size\": 2251799813685248"));
     assert_eq!(cgroup.oom_kills(), 0);
     // The same header claiming an L1 table of 2^31 entries (16 GiB) for a
     // virtual size of 2^60 bytes: refused from the header, before any table.

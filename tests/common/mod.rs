@@ -51,7 +51,12 @@ pub fn require_shared() -> Option<PathBuf> {
 pub fn skip_log() -> PathBuf {
     std::env::var_os("DISKIMPORT_SKIP_LOG")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-skips.log")))
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/target/test-skips.log"
+            ))
+        })
 }
 
 /// The one way a test says it cannot run here (no root, no loop device, a missing
@@ -71,7 +76,7 @@ pub fn skip(why: &str) {
             _ => stem,
         })
         .unwrap_or_default();
-    if std::env::var_os("CI").is_some() {
+    if under_ci() {
         panic!("{binary}::{test} cannot run here: {why} (CI is set, so every test must run)");
     }
     let line = format!("SKIPPED {binary}::{test}: {why}");
@@ -87,6 +92,11 @@ pub fn skip(why: &str) {
     {
         let _ = file.write_all(format!("{line}\n").as_bytes());
     }
+}
+
+/// True when `CI` is set (to anything but "", "0" or "false"): every test must run.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 /// True when running as root (loop devices, mounts, cgroups); otherwise the
