@@ -388,6 +388,42 @@ fn checksum_mismatch_on_a_4k_sector_device_leaves_its_edges_zero() {
     checksum_mismatch_on_block(4096);
 }
 
+// ---- a raw stream's trailer is judged before its tail reaches the device ---------------
+
+#[test]
+fn a_fixed_vhd_served_as_raw_is_refused_and_never_written_as_a_disk() {
+    let Some(_) = ready() else { return };
+    let image = make_image(6, 8);
+    // A fixed VHD is raw bytes with a 512-byte footer at the end: recognized
+    // only there, after everything before it streamed through.
+    let vhd = image.dir.path().join("disk.vhd");
+    let run = qemu_img(&[
+        "convert",
+        "-O",
+        "vpc",
+        "-o",
+        "subformat=fixed",
+        image.oracle.to_str().unwrap(),
+        vhd.to_str().unwrap(),
+    ]);
+    assert!(run.ok(), "{}", run.describe());
+    let backing = image.dir.path().join("device.img");
+    fs::File::create(&backing)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
+    let device = Loop::attach(&backing, 4096);
+    device.fill_random();
+    let run = common::convert(&vhd, &device.device, &[]);
+    assert!(!run.ok(), "{}", run.describe());
+    assert!(run.stderr.contains("vhd"), "{}", run.describe());
+    assert_eq!(
+        device.edges_nonzero(),
+        (0, 0),
+        "first/last MiB must be zero"
+    );
+}
+
 // ---- kill -9, then the same import again -----------------------------------------
 
 /// When to kill the first attempt.

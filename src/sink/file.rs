@@ -322,6 +322,41 @@ mod tests {
     }
 
     #[test]
+    fn the_disk_is_grown_never_shrunk_and_published_only_at_its_final_size() {
+        let dir = tempfile::tempdir().unwrap();
+        for (image, grow_to, expected) in [(8192, Some(1 << 20), 1 << 20), (8192, Some(4096), 8192)]
+        {
+            let target = dir.path().join(format!("disk-{expected}.img"));
+            let mut sink = SparseFileSink::create(&target)
+                .unwrap()
+                .with_final_size(grow_to)
+                .with_preallocation(true);
+            sink.set_size(image).unwrap();
+            sink.write(Extent::data(0, pattern(4096, 1))).unwrap();
+            assert!(!target.exists(), "published before finish");
+            sink.finish().unwrap();
+            let meta = std::fs::metadata(&target).unwrap();
+            assert_eq!(meta.len(), expected);
+            use std::os::unix::fs::MetadataExt;
+            assert!(meta.blocks() * 512 >= expected, "preallocated");
+        }
+    }
+
+    #[test]
+    fn a_failed_preallocation_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("disk.img");
+        let mut sink = SparseFileSink::create(&target)
+            .unwrap()
+            .with_final_size(Some(1 << 60))
+            .with_preallocation(true);
+        sink.set_size(4096).unwrap();
+        assert!(sink.finish().is_err(), "no file system holds 1 EiB");
+        drop(sink);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn an_image_larger_than_the_capacity_is_refused_before_writing() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("disk.img");
