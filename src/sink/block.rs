@@ -5,9 +5,11 @@
 //! device flushed before success is reported. An image larger than the device
 //! is refused by [`ExtentSink::set_size`], before any byte is written.
 //!
-//! The device's first and last MiB are zeroed and flushed when it is opened
-//! and again when the sink is dropped unfinished (a failed import), so that
-//! the device never looks like a disk unless the import finished; the
+//! The device's first and last MiB are zeroed and flushed before the first
+//! byte of an image reaches it, and again when the sink is dropped unfinished
+//! after that (a failed import), so that the device never looks like a disk
+//! unless the import finished (a refusal before any write, such as an image
+//! larger than the device, leaves the device as it was); the
 //! [`HoldBack`](super::hold_back::HoldBack) wrapper writes the image's own
 //! first and last MiB last (the rule in [`crate::sink`]).
 
@@ -44,6 +46,8 @@ pub struct BlockSink {
     pending_start: u64,
     pending_len: usize,
     summary: SinkSummary,
+    /// The edges were cleared and the image's writes began.
+    touched: bool,
     /// `finish` succeeded: the device holds the image.
     finished: bool,
 }
@@ -83,9 +87,9 @@ impl BlockSink {
             pending_start: 0,
             pending_len: 0,
             summary: SinkSummary::default(),
+            touched: false,
             finished: false,
         };
-        sink.clear_edges()?;
         Ok(sink)
     }
 
@@ -223,6 +227,11 @@ impl ExtentSink for BlockSink {
     }
 
     fn write(&mut self, extent: Extent) -> Result<(), SinkError> {
+        if !self.touched {
+            // From here on the device is changing: first make it not a disk.
+            self.clear_edges()?;
+            self.touched = true;
+        }
         let limit = self.size.unwrap_or(self.device_size);
         let len = extent.len();
         let end = extent.guest_offset.checked_add(len);
@@ -274,7 +283,7 @@ impl ExtentSink for BlockSink {
 impl Drop for BlockSink {
     /// An unfinished import must not leave a device that looks like a disk.
     fn drop(&mut self) {
-        if self.finished {
+        if self.finished || !self.touched {
             return;
         }
         if let Err(e) = self.clear_edges() {

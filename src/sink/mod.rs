@@ -14,10 +14,11 @@
 //!    every check passed: the stream ended (no truncation, no decoder error),
 //!    the checksum or registry digest matched, the format reader accepted the
 //!    whole image including any trailer. Then the target is flushed.
-//! 2. A block device has its first and last MiB zeroed (and flushed) when it
-//!    is opened, and again when its sink is dropped unfinished. Killed at any
-//!    point, it never holds a partition table, boot sector or file-system
-//!    superblock of a half-written or wrong image.
+//! 2. A block device has its first and last MiB zeroed (and flushed) before
+//!    the first byte of the image reaches it, and again when its sink is
+//!    dropped unfinished. Killed at any point, it never holds a partition
+//!    table, boot sector or file-system superblock of a half-written or wrong
+//!    image. (Refused before any write, it is left as it was.)
 //! 3. A file is built as a hidden temporary file beside its final path,
 //!    brought to its final size (grown to the volume, preallocated when asked)
 //!    and synced, and only then renamed into place and its directory synced.
