@@ -77,7 +77,7 @@ impl BlockSink {
             ));
         }
         let block = block.max(512) as u64;
-        let mut sink = BlockSink {
+        let sink = BlockSink {
             buffer: AlignedBuf::new(COALESCE, block as usize),
             device,
             path: path.to_path_buf(),
