@@ -39,12 +39,14 @@
 //! # Memory
 //!
 //! Decoders allocate according to what the stream header asks for, within
-//! limits: xz decoding stops with an error above [`DecodeOptions::xz_memlimit`]
-//! (default 2 GiB, enough for the largest dictionary `xz` can write, 1.5 GiB),
-//! and zstd frames may use windows up to `2^zstd_window_log_max` bytes (default
-//! 2^31, the largest `zstd --long=31` writes; zstd's own default limit of 2^27
-//! would refuse such files).
-//!
+//! the limits of [`crate::limits`] (derived from the cgroup memory limit):
+//! xz decoding stops with an error above [`DecodeOptions::xz_memlimit`], and
+//! zstd frames may use windows up to `2^zstd_window_log_max` bytes. A stream
+//! that needs more fails with [`StreamError::MemoryLimit`], whose message
+//! names the limit and what it was derived from; it is never OOM-killed.
+//! (zstd is decoded on a raw `DCtx`, [`ZstdReader`], so that a window above
+//! the limit is known by zstd's error code, not by its message.)
+
 //! # Threads
 //!
 //! xz uses liblzma's multi-threaded decoder (threads = available cores; it
@@ -59,6 +61,7 @@ use std::fmt;
 use std::io::{self, BufRead, BufReader, Cursor, Read};
 
 use liblzma::stream::{Action, MtStreamBuilder, Status, Stream};
+use zstd::zstd_safe;
 
 /// A compression wrapper recognized from its magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -149,16 +152,22 @@ pub struct DecodeOptions {
     pub xz_memlimit: u64,
     /// Largest zstd window accepted, as a power of two (10..=31).
     pub zstd_window_log_max: u32,
+    /// What the limits were derived from, for messages ("the 600 MiB cgroup
+    /// v1 memory limit").
+    pub limits_basis: String,
 }
 
 impl Default for DecodeOptions {
+    /// The limits of [`crate::limits::current`].
     fn default() -> Self {
+        let limits = crate::limits::current();
         DecodeOptions {
             max_layers: 4,
             xz_threads: 0,
-            xz_memlimit_threading: 512 << 20,
-            xz_memlimit: 2 << 30,
-            zstd_window_log_max: 31,
+            xz_memlimit_threading: limits.xz_memlimit_threading,
+            xz_memlimit: limits.xz_memlimit,
+            zstd_window_log_max: limits.zstd_window_log_max,
+            limits_basis: limits.basis_text(),
         }
     }
 }
@@ -182,12 +191,19 @@ pub enum StreamError {
         format: Compression,
     },
     /// Decoding would need more memory than allowed.
-    #[error("{format} stream needs more than the {limit_mib} MiB memory limit to decode")]
+    #[error(
+        "{format} stream needs more than the {limit_mib} MiB {what} limit to decode \
+         (derived from the {basis}); refusing it instead of running out of memory"
+    )]
     MemoryLimit {
         /// Which wrapper.
         format: Compression,
+        /// What is limited: "memory" (xz) or "window" (zstd).
+        what: &'static str,
         /// The limit, in MiB.
         limit_mib: u64,
+        /// What the limit was derived from.
+        basis: String,
     },
 }
 
@@ -296,14 +312,10 @@ fn wrap(
             format,
             XzReader::new(below, options).map_err(|e| init(&e))?,
         )),
-        Compression::Zstd => {
-            let mut decoder =
-                zstd::stream::read::Decoder::with_buffer(below).map_err(|e| init(&e))?;
-            decoder
-                .window_log_max(options.zstd_window_log_max)
-                .map_err(|e| init(&e))?;
-            Box::new(Checked::new(format, decoder))
-        }
+        Compression::Zstd => Box::new(Checked::new(
+            format,
+            ZstdReader::new(below, options).map_err(|e| init(&e))?,
+        )),
         Compression::Bzip2 => Box::new(Checked::new(
             format,
             bzip2::bufread::MultiBzDecoder::new(below),
@@ -417,6 +429,8 @@ struct XzReader<R> {
     threads: u32,
     memlimit_threading: u64,
     memlimit: u64,
+    /// What the limit was derived from.
+    limits_basis: String,
     /// Streams decoded completely so far.
     streams_done: u64,
     /// Consecutive `process` calls that made no progress.
@@ -436,6 +450,7 @@ impl<R: BufRead> XzReader<R> {
             threads,
             memlimit_threading: options.xz_memlimit_threading,
             memlimit: options.xz_memlimit,
+            limits_basis: options.limits_basis.clone(),
             streams_done: 0,
             stalls: 0,
             done: false,
@@ -471,7 +486,9 @@ impl<R: BufRead> XzReader<R> {
         match e {
             E::MemLimit => self.error(StreamError::MemoryLimit {
                 format: Compression::Xz,
+                what: "memory",
                 limit_mib: self.memlimit >> 20,
+                basis: self.limits_basis.clone(),
             }),
             E::Mem => io::Error::new(
                 io::ErrorKind::OutOfMemory,
@@ -576,6 +593,107 @@ impl<R: BufRead> Read for XzReader<R> {
                             }));
                         }
                         return Err(self.corrupt("the decoder makes no progress"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Multi-frame zstd decoding on zstd's streaming `DCtx`: frames one after
+/// the other (skippable frames included), windows up to
+/// `2^zstd_window_log_max`. Produces [`StreamError`]s itself, telling a frame
+/// that asks for a larger window (zstd's `frameParameter_windowTooLarge`)
+/// from a corrupt one.
+struct ZstdReader<R> {
+    input: R,
+    dctx: zstd_safe::DCtx<'static>,
+    window_log_max: u32,
+    limits_basis: String,
+    /// No frame is partly decoded (none began, or the last one ended).
+    between_frames: bool,
+    done: bool,
+}
+
+impl<R: BufRead> ZstdReader<R> {
+    fn new(input: R, options: &DecodeOptions) -> Result<Self, String> {
+        let mut dctx = zstd_safe::DCtx::try_create().ok_or("cannot allocate a zstd context")?;
+        dctx.set_parameter(zstd_safe::DParameter::WindowLogMax(
+            options.zstd_window_log_max,
+        ))
+        .map_err(|code| zstd_safe::get_error_name(code).to_string())?;
+        Ok(ZstdReader {
+            input,
+            dctx,
+            window_log_max: options.zstd_window_log_max,
+            limits_basis: options.limits_basis.clone(),
+            between_frames: true,
+            done: false,
+        })
+    }
+
+    fn error(&self, code: zstd_safe::ErrorCode) -> io::Error {
+        use zstd_safe::zstd_sys::ZSTD_ErrorCode as E;
+        // SAFETY: ZSTD_getErrorCode only does arithmetic on its argument.
+        let kind = unsafe { zstd_safe::zstd_sys::ZSTD_getErrorCode(code) };
+        let error = match kind {
+            E::ZSTD_error_frameParameter_windowTooLarge => StreamError::MemoryLimit {
+                format: Compression::Zstd,
+                what: "window",
+                limit_mib: (1u64 << self.window_log_max) >> 20,
+                basis: self.limits_basis.clone(),
+            },
+            E::ZSTD_error_memory_allocation => {
+                return io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    "zstd decoder: cannot allocate memory",
+                )
+            }
+            _ => StreamError::Corrupt {
+                format: Compression::Zstd,
+                detail: zstd_safe::get_error_name(code).to_string(),
+            },
+        };
+        io::Error::new(io::ErrorKind::InvalidData, error)
+    }
+}
+
+impl<R: BufRead> Read for ZstdReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() || self.done {
+            return Ok(0);
+        }
+        loop {
+            let input = self.input.fill_buf()?;
+            let eof = input.is_empty();
+            if eof && self.between_frames {
+                self.done = true;
+                return Ok(0);
+            }
+            let mut in_buffer = zstd_safe::InBuffer::around(input);
+            let mut out_buffer = zstd_safe::OutBuffer::around(&mut *buf);
+            let result = self.dctx.decompress_stream(&mut out_buffer, &mut in_buffer);
+            let (consumed, produced) = (in_buffer.pos(), out_buffer.pos());
+            self.input.consume(consumed);
+            match result {
+                Err(code) => {
+                    self.done = true;
+                    return Err(self.error(code));
+                }
+                Ok(hint) => {
+                    self.between_frames = hint == 0;
+                    if produced > 0 {
+                        return Ok(produced);
+                    }
+                    if eof {
+                        // Input ended inside a frame, with nothing left to flush.
+                        self.done = true;
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            StreamError::Truncated {
+                                format: Compression::Zstd,
+                            },
+                        ));
                     }
                 }
             }
@@ -816,9 +934,10 @@ mod tests {
                 Ok(out)
             });
         match result {
-            Err(DecodeError::Stream(e @ StreamError::MemoryLimit { .. })) => assert_eq!(
-                e.to_string(),
-                "xz stream needs more than the 1 MiB memory limit to decode"
+            Err(DecodeError::Stream(e @ StreamError::MemoryLimit { .. })) => assert!(
+                e.to_string()
+                    .starts_with("xz stream needs more than the 1 MiB memory limit to decode"),
+                "{e}"
             ),
             Err(other) => panic!("{other}"),
             Ok(_) => panic!("decoded above the memory limit"),
@@ -859,8 +978,35 @@ mod tests {
         e.window_log(28).unwrap(); // above zstd's default decoder limit (27)
         e.include_contentsize(false).unwrap();
         e.write_all(&data).unwrap();
-        let (_, out) = decode(e.finish().unwrap()).unwrap();
-        assert!(out == data);
+        let bytes = e.finish().unwrap();
+        let decode_with = |window_log_max| {
+            let options = DecodeOptions {
+                zstd_window_log_max: window_log_max,
+                limits_basis: "test limit".into(),
+                ..DecodeOptions::default()
+            };
+            decode_all_with(Box::new(Cursor::new(bytes.clone())), &options).and_then(
+                |(_, mut r)| {
+                    let mut out = Vec::new();
+                    r.read_to_end(&mut out)?;
+                    Ok(out)
+                },
+            )
+        };
+        assert!(decode_with(28).unwrap() == data);
+        // One below: refused as too big for the limit, not as corrupt.
+        match decode_with(27) {
+            Err(DecodeError::Stream(e @ StreamError::MemoryLimit { .. })) => assert_eq!(
+                e.to_string(),
+                "zstd stream needs more than the 128 MiB window limit to decode (derived \
+                 from the test limit); refusing it instead of running out of memory"
+            ),
+            Err(DecodeError::Io(e)) => match stream_error(&e) {
+                Some(StreamError::MemoryLimit { limit_mib: 128, .. }) => {}
+                _ => panic!("{e}"),
+            },
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod error;
 pub mod extent;
 pub mod format;
+pub mod limits;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;

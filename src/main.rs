@@ -17,6 +17,7 @@ use diskimport::pipeline::{self, ConvertOptions, Report};
 use diskimport::progress::Progress;
 use diskimport::sink::block::BlockSink;
 use diskimport::sink::file::SparseFileSink;
+use diskimport::sink::hold_back;
 use diskimport::sink::null::NullSink;
 use diskimport::sink::threaded::ThreadedSink;
 use diskimport::source::{SourceKind, SourceOptions};
@@ -371,16 +372,16 @@ fn convert(
 }
 
 /// A block device is written in place with O_DIRECT; anything else becomes a
-/// sparse regular file.
+/// sparse regular file. Either is held back (the rule in `diskimport::sink`).
 fn open_target(
     target: &std::path::Path,
 ) -> Result<Box<dyn diskimport::sink::ExtentSink>, diskimport::sink::SinkError> {
     use std::os::unix::fs::FileTypeExt;
     let is_block = std::fs::metadata(target).is_ok_and(|m| m.file_type().is_block_device());
     Ok(if is_block {
-        Box::new(BlockSink::open(target)?)
+        hold_back::wrap(BlockSink::open(target)?)
     } else {
-        Box::new(SparseFileSink::create(target)?)
+        hold_back::wrap(SparseFileSink::create(target)?)
     })
 }
 

@@ -7,7 +7,12 @@
 //! directory modes are applied last (a read-only directory still gets its
 //! files), entry metadata is bounded (`tar_guard`), and a corrupt or
 //! truncated archive is an error.
+//!
+//! Before success is reported everything written is durable: every file and
+//! directory unpacked (and the directories holding them, up to `/data`) is
+//! fsync'd, then the whole file system is flushed with `syncfs`.
 
+use std::collections::BTreeSet;
 use std::fs::Permissions;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -23,6 +28,15 @@ pub enum ArchiveError {
     /// Reading or decoding the stream failed.
     #[error("reading the archive: {0}")]
     Read(#[source] std::io::Error),
+    /// What was unpacked could not be made durable.
+    #[error("syncing {path}: {source}")]
+    Sync {
+        /// The file or directory being synced.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// An entry could not be written.
     #[error("unpacking {path}: {source}")]
     Unpack {
@@ -60,6 +74,8 @@ pub fn unpack(input: impl Read, dir: &Path) -> Result<Unpacked, ArchiveError> {
     // Directory modes are applied at the end, deepest first: a read-only
     // directory must not stop its own files from being written.
     let mut directory_modes: Vec<(PathBuf, u32)> = Vec::new();
+    // Everything written, to be synced at the end.
+    let mut written: BTreeSet<PathBuf> = BTreeSet::new();
     let mut entries = archive.entries().map_err(ArchiveError::Read)?;
     while let Some(entry) = budget.next_entry(&mut entries) {
         let mut entry = entry.map_err(ArchiveError::Read)?;
@@ -85,6 +101,9 @@ pub fn unpack(input: impl Read, dir: &Path) -> Result<Unpacked, ArchiveError> {
             continue;
         }
         done.entries += 1;
+        if let Some(on_disk) = entry.path().ok().and_then(|p| path_on_disk(dir, &p)) {
+            written.insert(on_disk);
+        }
         if kind == EntryType::Directory {
             if let Some(on_disk) = directory_on_disk(dir, &entry.path().map_err(unpack_error)?) {
                 let mode = entry.header().mode().map_err(unpack_error)? & 0o777 & !MODE_MASK;
@@ -94,6 +113,11 @@ pub fn unpack(input: impl Read, dir: &Path) -> Result<Unpacked, ArchiveError> {
             }
         }
     }
+    // The whole stream must be read: a truncated tar shows only here.
+    let mut rest = archive.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink()).map_err(ArchiveError::Read)?;
+    // Synced while every directory is still open to its owner.
+    sync_written(dir, &written)?;
     for (path, mode) in directory_modes.iter().rev() {
         std::fs::set_permissions(path, Permissions::from_mode(*mode)).map_err(|source| {
             ArchiveError::Unpack {
@@ -102,15 +126,51 @@ pub fn unpack(input: impl Read, dir: &Path) -> Result<Unpacked, ArchiveError> {
             }
         })?;
     }
-    // The whole stream must be read: a truncated tar shows only here.
-    let mut rest = archive.into_inner();
-    std::io::copy(&mut rest, &mut std::io::sink()).map_err(ArchiveError::Read)?;
+    // The mode changes, and anything a skipped fsync missed.
+    let root = std::fs::File::open(dir).map_err(|e| sync_error(dir, e))?;
+    nix::unistd::syncfs(&root).map_err(|e| sync_error(dir, e.into()))?;
     Ok(done)
 }
 
-/// Where a directory entry was created under `dir`: its path with the root
-/// and `.` components dropped, if that is a real directory (not a symlink).
-fn directory_on_disk(dir: &Path, entry_path: &Path) -> Option<PathBuf> {
+fn sync_error(path: &Path, source: std::io::Error) -> ArchiveError {
+    ArchiveError::Sync {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Makes the unpacked tree durable: each written regular file and directory,
+/// every directory between them and `dir`, and `dir` itself (a file this
+/// process may not open, mode 0 say, is left to the `syncfs` that follows).
+/// Symlinks and hard links are covered by their directory's sync.
+fn sync_written(dir: &Path, written: &BTreeSet<PathBuf>) -> Result<(), ArchiveError> {
+    let fsync = |path: &Path| match std::fs::File::open(path).and_then(|f| f.sync_all()) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+        other => other.map_err(|e| sync_error(path, e)),
+    };
+    let mut directories: BTreeSet<PathBuf> = BTreeSet::from([dir.to_path_buf()]);
+    for path in written {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            continue;
+        };
+        if meta.is_file() || meta.is_dir() {
+            fsync(path)?;
+        }
+        let mut parent = path.parent();
+        while let Some(p) = parent.filter(|p| p.starts_with(dir) && *p != dir) {
+            directories.insert(p.to_path_buf());
+            parent = p.parent();
+        }
+    }
+    for directory in directories.iter().rev() {
+        fsync(directory)?;
+    }
+    Ok(())
+}
+
+/// Where an entry with path `entry_path` lands under `dir` (the root and `.`
+/// components dropped); `None` for a path with `..`.
+fn path_on_disk(dir: &Path, entry_path: &Path) -> Option<PathBuf> {
     let mut on_disk = dir.to_path_buf();
     for component in entry_path.components() {
         match component {
@@ -119,8 +179,16 @@ fn directory_on_disk(dir: &Path, entry_path: &Path) -> Option<PathBuf> {
             Component::ParentDir => return None,
         }
     }
-    let is_directory = std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir());
-    (is_directory && on_disk != dir).then_some(on_disk)
+    (on_disk != dir).then_some(on_disk)
+}
+
+/// Where a directory entry was created under `dir`: its path with the root
+/// and `.` components dropped, if that is a real directory (not a symlink).
+fn directory_on_disk(dir: &Path, entry_path: &Path) -> Option<PathBuf> {
+    let on_disk = path_on_disk(dir, entry_path)?;
+    std::fs::symlink_metadata(&on_disk)
+        .is_ok_and(|m| m.is_dir())
+        .then_some(on_disk)
 }
 
 #[cfg(test)]

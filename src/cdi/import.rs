@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::env::{parse, CdiSource, ContentType, ImportRequest};
 use super::node_pull::READY_TIMEOUT;
-use super::sizing::{final_disk_size, usable_size};
+use super::sizing::usable_size;
 use super::termination::TerminationMessage;
 use crate::error::describe_chain;
 use crate::format::engine::StreamError;
@@ -18,6 +18,7 @@ use crate::pipeline::{self, ConvertOptions};
 use crate::progress::{Phase, Progress};
 use crate::sink::block::BlockSink;
 use crate::sink::file::SparseFileSink;
+use crate::sink::hold_back;
 use crate::sink::threaded::ThreadedSink;
 use crate::sink::ExtentSink;
 use crate::source::checksum::is_checksum_mismatch;
@@ -43,12 +44,6 @@ impl Outcome {
 enum Target {
     Block(PathBuf),
     File(PathBuf),
-}
-
-/// A disk image file and the size CDI's resize rule grows it to.
-struct FileTarget {
-    path: PathBuf,
-    resize_to: Option<u64>,
 }
 
 /// Runs one import with the process environment `env` under `root`.
@@ -154,9 +149,11 @@ fn import_disk(
         Ok(i) => i,
         Err(e) => return connect_error(e),
     };
-    let (sink, file): (Box<dyn ExtentSink>, Option<FileTarget>) = match target {
+    // Every target is held back (the rule in `crate::sink`): its first and
+    // last MiB are written only after every check passed.
+    let sink: Box<dyn ExtentSink> = match target {
         Target::Block(device) => match BlockSink::open(device) {
-            Ok(s) => (Box::new(s), None),
+            Ok(s) => hold_back::wrap(s),
             Err(e) => return Outcome::processing_failed(&e),
         },
         Target::File(path) => {
@@ -164,17 +161,15 @@ fn import_disk(
                 Ok(v) => v,
                 Err(e) => return Outcome::Failed(e),
             };
+            // Grown to the volume, preallocated and synced before the rename
+            // that publishes it.
             match SparseFileSink::create(path) {
-                Ok(s) => (
-                    Box::new(
-                        s.with_capacity_limit(available)
-                            .with_bounded_cache(request.direct_io)
-                            .with_mode(0o660),
-                    ),
-                    Some(FileTarget {
-                        path: path.clone(),
-                        resize_to,
-                    }),
+                Ok(s) => hold_back::wrap(
+                    s.with_capacity_limit(available)
+                        .with_bounded_cache(request.direct_io)
+                        .with_mode(0o660)
+                        .with_final_size(resize_to)
+                        .with_preallocation(request.preallocation),
                 ),
                 Err(e) => return Outcome::processing_failed(&e),
             }
@@ -182,42 +177,56 @@ fn import_disk(
     };
     let mut sink = ThreadedSink::spawn(sink, progress.clone());
     progress.set_phase(Phase::Transferring);
-    let report = match pipeline::run(input, &mut sink, options, progress.clone()) {
-        Ok(r) => r,
-        Err(e) => {
-            drop(sink);
-            if let crate::Error::Image(image) = &e {
-                if let Some(StreamError::ScratchRequired { .. }) = image.as_stream() {
-                    return Outcome::Done(TerminationMessage::scratch_required());
-                }
+    if let Err(e) = pipeline::run(input, &mut sink, options, progress.clone()) {
+        // Dropping the sink removes a file target's temporary file and zeroes
+        // a block target's first and last MiB.
+        drop(sink);
+        if let crate::Error::Image(image) = &e {
+            if let Some(StreamError::ScratchRequired { .. }) = image.as_stream() {
+                return Outcome::Done(TerminationMessage::scratch_required());
             }
-            let text = describe_chain(&e);
-            if is_checksum_mismatch(&e) {
-                if let Target::File(path) = target {
-                    let _ = std::fs::remove_file(path);
-                }
-                return Outcome::Done(TerminationMessage::checksum_mismatch(&text));
-            }
-            // As CDI's file writer does, a failure of the byte stream itself
-            // (network, decompression) is reported as a pull failure, which
-            // the controller shows with reason ImagePullFailed.
-            if is_stream_failure(&e) {
-                return Outcome::Failed(format!(
-                    "Unable to process data: failed to pull image: {text}"
-                ));
-            }
-            return Outcome::Failed(format!("Unable to process data: {text}"));
         }
-    };
-    progress.set_phase(Phase::Finishing);
-    if let Some(file) = file {
-        let size = final_disk_size(report.virtual_size(), file.resize_to);
-        if let Err(e) = finish_file(&file.path, size, request.preallocation) {
-            return Outcome::Failed(format!("Unable to process data: {e}"));
+        let text = describe_chain(&e);
+        if is_checksum_mismatch(&e) {
+            if let Target::File(path) = target {
+                let _ = std::fs::remove_file(path);
+            }
+            return Outcome::Done(TerminationMessage::checksum_mismatch(&text));
         }
+        if is_out_of_space(&e) {
+            return Outcome::Failed(format!(
+                "Unable to process data: no space left on device: {text}"
+            ));
+        }
+        // As CDI's file writer does, a failure of the byte stream itself
+        // (network, decompression) is reported as a pull failure, which
+        // the controller shows with reason ImagePullFailed.
+        if is_stream_failure(&e) {
+            return Outcome::Failed(format!(
+                "Unable to process data: failed to pull image: {text}"
+            ));
+        }
+        return Outcome::Failed(format!("Unable to process data: {text}"));
     }
+    progress.set_phase(Phase::Finishing);
     let preallocated = request.preallocation && matches!(target, Target::File(_));
     Outcome::Done(TerminationMessage::complete(preallocated))
+}
+
+/// True when the target's file system is full (ENOSPC) or over quota
+/// (EDQUOT) somewhere in `error`'s causes: CDI's controller turns "no space
+/// left on device" into "DataVolume too small to contain image".
+fn is_out_of_space(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// `archive`: the (decoded) tar stream unpacked into `/data`.
@@ -324,20 +333,6 @@ fn is_partial_disk(name: &str) -> bool {
         && name.ends_with(crate::sink::file::TEMP_SUFFIX)
 }
 
-/// Grows the finished disk to `size` and preallocates it when asked.
-fn finish_file(path: &Path, size: u64, preallocate: bool) -> std::io::Result<()> {
-    let file = std::fs::OpenOptions::new().write(true).open(path)?;
-    // CDI leaves disk.img readable and writable by the pod's group (fsGroup).
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o660))?;
-    if file.metadata()?.len() < size {
-        file.set_len(size)?;
-    }
-    if preallocate {
-        nix::fcntl::posix_fallocate(&file, 0, size as i64).map_err(std::io::Error::from)?;
-    }
-    file.sync_all()
-}
-
 /// `none`: a blank disk of the usable size (Filesystem) or a zeroed device.
 fn blank(request: &ImportRequest, target: &Target) -> Outcome {
     match target {
@@ -351,12 +346,25 @@ fn blank(request: &ImportRequest, target: &Target) -> Outcome {
                     "Unable to process data: a blank disk needs IMPORTER_IMAGE_SIZE".into(),
                 );
             };
-            let created = std::fs::File::create(path)
-                .and_then(|f| f.set_len(0))
-                .and_then(|_| finish_file(path, size, request.preallocation));
+            // Built like an imported disk: sized, preallocated and synced
+            // beside its path, then renamed into place.
+            let created = SparseFileSink::create(path).and_then(|sink| {
+                let mut sink = sink
+                    .with_mode(0o660)
+                    .with_preallocation(request.preallocation);
+                sink.set_size(size)?;
+                sink.finish()
+            });
             match created {
-                Ok(()) => Outcome::Done(TerminationMessage::blank_created(request.preallocation)),
-                Err(e) => Outcome::Failed(format!("Unable to create blank image: {e}")),
+                Ok(_) => Outcome::Done(TerminationMessage::blank_created(request.preallocation)),
+                Err(e) if is_out_of_space(&e) => Outcome::Failed(format!(
+                    "Unable to create blank image: no space left on device: {}",
+                    describe_chain(&e)
+                )),
+                Err(e) => Outcome::Failed(format!(
+                    "Unable to create blank image: {}",
+                    describe_chain(&e)
+                )),
             }
         }
         // As CDI: a blank Block volume is the empty PVC itself; only

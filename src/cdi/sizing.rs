@@ -1,6 +1,7 @@
 //! How big `/data/disk.img` is made on a Filesystem PVC (contract section 7.2,
-//! 7.3): the usable size after the filesystem overhead, and the resize rule
-//! (grow to fill, never shrink).
+//! 7.3): the usable size after the filesystem overhead. The resize rule (grow
+//! to fill, never shrink) is applied by the file sink before it publishes the
+//! disk (`SparseFileSink::with_final_size`).
 
 /// `FILESYSTEM_OVERHEAD` parsed: a fraction in [0, 1] with at most three
 /// decimals; anything else counts as 0, as CDI's importer does.
@@ -24,12 +25,6 @@ pub fn usable_size(free_space: u64, requested: Option<u64>, overhead: f64) -> u6
     let available = requested.map_or(free_space, |r| r.min(free_space));
     let usable = (available as f64 / (1.0 + overhead)).ceil() as u64;
     usable - usable % (1 << 20)
-}
-
-/// The size the disk image ends with: the image's own size grown to `target`
-/// when that is larger; never shrunk.
-pub fn final_disk_size(virtual_size: u64, target: Option<u64>) -> u64 {
-    target.map_or(virtual_size, |t| t.max(virtual_size))
 }
 
 #[cfg(test)]
@@ -57,12 +52,5 @@ mod tests {
         assert!(usable > (10 * gib) * 100 / 106 - (1 << 20));
         // Less free space than requested: free space wins.
         assert_eq!(usable_size(gib, Some(10 * gib), 0.0), gib);
-    }
-
-    #[test]
-    fn disks_grow_to_the_target_but_never_shrink() {
-        assert_eq!(final_disk_size(100, Some(200)), 200);
-        assert_eq!(final_disk_size(300, Some(200)), 300);
-        assert_eq!(final_disk_size(300, None), 300);
     }
 }

@@ -4,6 +4,14 @@
 //! edges read-modify-written, zero ranges made zero with `BLKZEROOUT`, and the
 //! device flushed before success is reported. An image larger than the device
 //! is refused by [`ExtentSink::set_size`], before any byte is written.
+//!
+//! The device's first and last MiB are zeroed and flushed before the first
+//! byte of an image reaches it, and again when the sink is dropped unfinished
+//! after that (a failed import), so that the device never looks like a disk
+//! unless the import finished (a refusal before any write, such as an image
+//! larger than the device, leaves the device as it was); the
+//! [`HoldBack`](super::hold_back::HoldBack) wrapper writes the image's own
+//! first and last MiB last (the rule in [`crate::sink`]).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -11,6 +19,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::aligned::AlignedBuf;
+use super::hold_back::HELD;
 use super::{ExtentSink, SinkError, SinkSummary};
 use crate::extent::{Extent, ExtentKind};
 
@@ -37,6 +46,10 @@ pub struct BlockSink {
     pending_start: u64,
     pending_len: usize,
     summary: SinkSummary,
+    /// The edges were cleared and the image's writes began.
+    touched: bool,
+    /// `finish` succeeded: the device holds the image.
+    finished: bool,
 }
 
 impl BlockSink {
@@ -64,7 +77,7 @@ impl BlockSink {
             ));
         }
         let block = block.max(512) as u64;
-        Ok(BlockSink {
+        let sink = BlockSink {
             buffer: AlignedBuf::new(COALESCE, block as usize),
             device,
             path: path.to_path_buf(),
@@ -74,7 +87,26 @@ impl BlockSink {
             pending_start: 0,
             pending_len: 0,
             summary: SinkSummary::default(),
-        })
+            touched: false,
+            finished: false,
+        };
+        Ok(sink)
+    }
+
+    /// Zeroes the device's first and last [`HELD`] bytes and flushes: what
+    /// makes it look like a disk (partition tables, boot sector, superblocks,
+    /// backup GPT) is gone.
+    fn clear_edges(&mut self) -> Result<(), SinkError> {
+        self.pending_len = 0;
+        let size = self.device_size - self.device_size % self.block;
+        let head = HELD.min(size);
+        let tail_start = size.saturating_sub(HELD).max(head);
+        self.zero(0, head)?;
+        self.zero(tail_start, size - tail_start)?;
+        self.flush()?;
+        self.device
+            .sync_all()
+            .map_err(|e| io_error("flushing", &self.path, e))
     }
 
     /// The device's logical block size.
@@ -195,6 +227,11 @@ impl ExtentSink for BlockSink {
     }
 
     fn write(&mut self, extent: Extent) -> Result<(), SinkError> {
+        if !self.touched {
+            // From here on the device is changing: first make it not a disk.
+            self.clear_edges()?;
+            self.touched = true;
+        }
         let limit = self.size.unwrap_or(self.device_size);
         let len = extent.len();
         let end = extent.guest_offset.checked_add(len);
@@ -226,15 +263,36 @@ impl ExtentSink for BlockSink {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<SinkSummary, SinkError> {
+    fn flush_data(&mut self) -> Result<(), SinkError> {
         self.flush()?;
         self.device
             .sync_all()
-            .map_err(|e| io_error("flushing", &self.path, e))?;
+            .map_err(|e| io_error("flushing", &self.path, e))
+    }
+
+    fn finish(&mut self) -> Result<SinkSummary, SinkError> {
+        self.flush_data()?;
         if self.size.is_none() {
             self.summary.size = self.device_size;
         }
+        self.finished = true;
         Ok(self.summary)
+    }
+}
+
+impl Drop for BlockSink {
+    /// An unfinished import must not leave a device that looks like a disk.
+    fn drop(&mut self) {
+        if self.finished || !self.touched {
+            return;
+        }
+        if let Err(e) = self.clear_edges() {
+            tracing::error!(
+                device = %self.path.display(),
+                error = %crate::error::describe_chain(&e),
+                "cannot zero the first and last MiB of the device after a failed import"
+            );
+        }
     }
 }
 

@@ -2,8 +2,9 @@
 //! with positional writes, zero blocks left as holes.
 //!
 //! The image is written to a temporary file beside the target and renamed over
-//! it only after everything was written and synced, so an existing target is
-//! replaced whole or not at all, and a failed import leaves nothing behind.
+//! it only after everything was written, the file was brought to its final
+//! size (grown, preallocated) and synced, so an existing target is replaced
+//! whole or not at all, and a failed import leaves nothing behind.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -36,6 +37,10 @@ pub struct SparseFileSink {
     bounded_cache: bool,
     /// Permission bits of the finished file.
     mode: u32,
+    /// Size to grow the finished file to (never shrunk below the image).
+    grow_to: Option<u64>,
+    /// Allocate every block of the finished file.
+    preallocate: bool,
     summary: SinkSummary,
 }
 
@@ -80,6 +85,8 @@ impl SparseFileSink {
             capacity: None,
             bounded_cache: false,
             mode: 0o644,
+            grow_to: None,
+            preallocate: false,
             summary: SinkSummary::default(),
         })
     }
@@ -99,6 +106,20 @@ impl SparseFileSink {
     /// Keeps the page cache this import uses bounded (see `bounded_cache`).
     pub fn with_bounded_cache(mut self, bounded: bool) -> Self {
         self.bounded_cache = bounded;
+        self
+    }
+
+    /// Grows the finished file to `size` when the image is smaller (CDI's
+    /// resize to the volume's usable size), before it is published.
+    pub fn with_final_size(mut self, size: Option<u64>) -> Self {
+        self.grow_to = size;
+        self
+    }
+
+    /// Allocates every block of the finished file (`posix_fallocate`) before
+    /// it is published: a volume too small fails here, not later.
+    pub fn with_preallocation(mut self, preallocate: bool) -> Self {
+        self.preallocate = preallocate;
         self
     }
 
@@ -189,21 +210,32 @@ impl ExtentSink for SparseFileSink {
         if self.size.is_none() {
             self.set_size(self.high_water)?;
         }
-        let temp = self.temp.take().expect("finish called once");
+        let image_size = self.summary.size;
+        let final_size = self.grow_to.map_or(image_size, |g| g.max(image_size));
+        let file = self.file();
+        if final_size > image_size {
+            file.set_len(final_size)
+                .map_err(|e| io_error("growing", &self.target, e))?;
+        }
+        if self.preallocate && final_size > 0 {
+            nix::fcntl::posix_fallocate(file, 0, final_size as i64)
+                .map_err(|e| io_error("preallocating", &self.target, e.into()))?;
+        }
         // The temporary file was made 0600; the disk gets its real mode.
         use std::os::unix::fs::PermissionsExt;
-        temp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(self.mode))
+        file.set_permissions(std::fs::Permissions::from_mode(self.mode))
             .map_err(|e| io_error("setting the permissions of", &self.target, e))?;
-        temp.as_file()
-            .sync_all()
+        file.sync_all()
             .map_err(|e| io_error("syncing", &self.target, e))?;
+        let temp = self.temp.take().expect("finish called once");
         temp.persist(&self.target)
             .map_err(|e| io_error("renaming the finished file to", &self.target, e.error))?;
-        // The rename is durable once the directory is.
-        File::open(directory_of(&self.target))
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error("syncing the directory of", &self.target, e))?;
+        // The rename is durable once the directory is; if that fails, the
+        // disk is not published after all.
+        if let Err(e) = File::open(directory_of(&self.target)).and_then(|d| d.sync_all()) {
+            let _ = std::fs::remove_file(&self.target);
+            return Err(io_error("syncing the directory of", &self.target, e));
+        }
         Ok(self.summary)
     }
 }
@@ -287,6 +319,41 @@ mod tests {
                 "piece {i}"
             );
         }
+    }
+
+    #[test]
+    fn the_disk_is_grown_never_shrunk_and_published_only_at_its_final_size() {
+        let dir = tempfile::tempdir().unwrap();
+        for (image, grow_to, expected) in [(8192, Some(1 << 20), 1 << 20), (8192, Some(4096), 8192)]
+        {
+            let target = dir.path().join(format!("disk-{expected}.img"));
+            let mut sink = SparseFileSink::create(&target)
+                .unwrap()
+                .with_final_size(grow_to)
+                .with_preallocation(true);
+            sink.set_size(image).unwrap();
+            sink.write(Extent::data(0, pattern(4096, 1))).unwrap();
+            assert!(!target.exists(), "published before finish");
+            sink.finish().unwrap();
+            let meta = std::fs::metadata(&target).unwrap();
+            assert_eq!(meta.len(), expected);
+            use std::os::unix::fs::MetadataExt;
+            assert!(meta.blocks() * 512 >= expected, "preallocated");
+        }
+    }
+
+    #[test]
+    fn a_failed_preallocation_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("disk.img");
+        let mut sink = SparseFileSink::create(&target)
+            .unwrap()
+            .with_final_size(Some(1 << 60))
+            .with_preallocation(true);
+        sink.set_size(4096).unwrap();
+        assert!(sink.finish().is_err(), "no file system holds 1 EiB");
+        drop(sink);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -1,13 +1,38 @@
 //! Sinks: where extents land. The [`ExtentSink`] trait is what every target
 //! implements: `file` (sparse regular file), `block` (O_DIRECT block device);
-//! `null` counts and drops; `threaded` moves any sink to a writer thread; `memory`
-//! (unit tests only) keeps the whole disk in a buffer.
+//! `null` counts and drops; `threaded` moves any sink to a writer thread;
+//! `hold_back` keeps a target's first and last MiB until every check passed;
+//! `memory` (unit tests only) keeps the whole disk in a buffer.
+//!
+//! # The rule: nothing wrong ever looks finished
+//!
+//! Every target an import or a conversion writes — file or block device, for
+//! `convert`, `import` and uploads alike — is wrapped in
+//! [`hold_back::HoldBack`] (see [`hold_back::wrap`]):
+//!
+//! 1. The first and the last MiB of the disk are kept in memory. They are
+//!    written only by [`ExtentSink::finish`], which is called only after
+//!    every check passed: the stream ended (no truncation, no decoder error),
+//!    the checksum or registry digest matched, the format reader accepted the
+//!    whole image including any trailer. Then the target is flushed.
+//! 2. A block device has its first and last MiB zeroed (and flushed) before
+//!    the first byte of the image reaches it, and again when its sink is
+//!    dropped unfinished. Killed at any point, it never holds a partition
+//!    table, boot sector or file-system superblock of a half-written or wrong
+//!    image. (Refused before any write, it is left as it was.)
+//! 3. A file is built as a hidden temporary file beside its final path,
+//!    brought to its final size (grown to the volume, preallocated when asked)
+//!    and synced, and only then renamed into place and its directory synced.
+//!    Dropped unfinished, the temporary file is removed; left behind by a
+//!    kill, it is named `.diskimport-*.partial` and removed by the next
+//!    import into that directory.
 
 pub mod aligned;
 pub mod block;
 pub mod file;
 #[cfg(test)]
 pub mod memory;
+pub mod hold_back;
 pub mod null;
 pub mod threaded;
 pub mod zero_detect;
@@ -59,6 +84,13 @@ pub trait ExtentSink: Send {
 
     /// Writes one extent. Zero extents may cost nothing.
     fn write(&mut self, extent: Extent) -> Result<(), SinkError>;
+
+    /// Makes what was written so far durable, without finishing (a barrier:
+    /// [`hold_back::HoldBack`] writes the first MiB only after it). Sinks
+    /// whose result is published by `finish` anyway need not do anything.
+    fn flush_data(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 
     /// Makes everything durable. Only after this returns may success be reported.
     fn finish(&mut self) -> Result<SinkSummary, SinkError>;

@@ -272,11 +272,16 @@ fn walk_tar<R: Read>(
     let decoded: Box<dyn Read + '_> = match compression {
         LayerCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
         LayerCompression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::new(raw).map_err(unreadable)?)
+            // The same window limit as the image decoders (`crate::limits`).
+            let mut decoder = zstd::stream::read::Decoder::new(raw).map_err(unreadable)?;
+            decoder
+                .window_log_max(crate::limits::current().zstd_window_log_max)
+                .map_err(unreadable)?;
+            Box::new(decoder)
         }
         LayerCompression::Xz => {
-            // The same hard memory limit as the image decoders.
-            let limit = crate::decode::DecodeOptions::default().xz_memlimit;
+            // The same hard memory limit as the image decoders (`crate::limits`).
+            let limit = crate::limits::current().xz_memlimit;
             let stream = liblzma::stream::Stream::new_stream_decoder(limit, 0)
                 .map_err(|e| unreadable(io::Error::other(e)))?;
             Box::new(liblzma::read::XzDecoder::new_stream(raw, stream))

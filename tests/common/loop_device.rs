@@ -33,10 +33,7 @@ impl LoopDevice {
                     Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
                     Err(e) => e.to_string(),
                 };
-                if std::env::var_os("CI").is_some() {
-                    panic!("CI is set but no loop device could be made (root needed): {why}");
-                }
-                super::note(&format!("skipped: no loop device ({why}); run as root"));
+                super::skip(&format!("no loop device ({}); run as root", why.trim()));
                 return None;
             }
         };

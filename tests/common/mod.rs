@@ -1,9 +1,13 @@
 //! Helpers shared by the integration tests: run the `diskimport` binary (with a time
 //! limit), run `qemu-img`, compare output files with an oracle, check sparseness, find
-//! the shared corpus.
+//! the shared corpus, record a test that cannot run here ([`skip`]), and watch a
+//! running import through its progress endpoint ([`WatchedImport`]).
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod loop_device;
+pub mod watched;
+#[allow(unused_imports)] // not every test binary watches an import
+pub use watched::WatchedImport;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -29,25 +33,83 @@ pub fn shared_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"))
 }
 
-/// The shared directory if present. Without it the corpus tests are skipped with a
-/// message, except under CI (`CI` set), where a missing corpus is a failure.
+/// The shared directory if present. Without it the corpus tests are skipped
+/// ([`skip`]: counted, printed, and a failure under CI).
 pub fn require_shared() -> Option<PathBuf> {
     let dir = shared_dir();
     if dir.join("corpus").is_dir() {
         return Some(dir);
     }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{} is missing (CI is set, so the corpus tests must run): \
-             check out the shared data next to the repository",
-            dir.display()
-        );
-    }
-    note(&format!(
-        "skipped: {} not found (set CI=1 to make this a failure)",
+    skip(&format!(
+        "{} not found: check out the shared data next to the repository",
         dir.display()
     ));
     None
+}
+
+/// The file every skipped test appends one line to (`DISKIMPORT_SKIP_LOG`, else
+/// `target/test-skips.log`); `scripts/test-all.sh` empties it first and prints it
+/// with a count at the end.
+pub fn skip_log() -> PathBuf {
+    std::env::var_os("DISKIMPORT_SKIP_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/target/test-skips.log"
+            ))
+        })
+}
+
+/// The one way a test says it cannot run here (no root, no loop device, a missing
+/// program or corpus): with `CI` set it panics, so CI never passes by skipping;
+/// otherwise it prints `SKIPPED <binary>::<test>: <why>` (past the harness's
+/// capture) and appends that line to [`skip_log`]. The caller then returns.
+pub fn skip(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("(unnamed test)")
+        .to_string();
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|stem| match stem.rsplit_once('-') {
+            Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_string(),
+            _ => stem,
+        })
+        .unwrap_or_default();
+    if under_ci() {
+        panic!("{binary}::{test} cannot run here: {why} (CI is set, so every test must run)");
+    }
+    let line = format!("SKIPPED {binary}::{test}: {why}");
+    note(&line);
+    let log = skip_log();
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    {
+        let _ = file.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+/// True when `CI` is set (to anything but "", "0" or "false"): every test must run.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// True when running as root (loop devices, mounts, cgroups); otherwise the
+/// test is [`skip`]ped.
+pub fn require_root(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    skip(&format!("{what} needs root"));
+    false
 }
 
 /// Write a line straight to the test process's stderr. Unlike `eprintln!` this is not
