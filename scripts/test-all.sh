@@ -27,6 +27,9 @@ declare -A need=(
     [tinyproxy]=tinyproxy
     [openssl]=openssl
     [python3]=python3
+    [podman]=podman
+    [runc]=runc
+    [busybox]=busybox-static
 )
 missing=()
 for cmd in "${!need[@]}"; do

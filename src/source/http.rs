@@ -221,9 +221,7 @@ fn build_client(options: &SourceOptions) -> Result<Client, HttpError> {
         .redirect(reqwest::redirect::Policy::none())
         .timeout(STALL_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT);
-    if !certs.is_empty() {
-        builder = builder.tls_certs_merge(certs);
-    }
+    builder = builder.tls_certs_only(super::system_roots::with_system(certs));
     if options.insecure {
         builder = builder.tls_danger_accept_invalid_certs(true);
     }
@@ -660,6 +658,10 @@ fn skip(resp: &mut Response, n: u64) -> io::Result<()> {
 fn classify(url: &Url, e: &reqwest::Error) -> Failure {
     let detail = describe_chain(e);
     if detail.to_ascii_lowercase().contains("certificate") {
+        let detail = match super::system_roots::missing_hint() {
+            Some(hint) => format!("{detail} ({hint})"),
+            None => detail,
+        };
         Failure::Fatal(HttpError::Certificate {
             url: redact(url),
             detail,

@@ -14,6 +14,7 @@ pub mod file;
 pub mod http;
 pub mod registry;
 pub mod s3;
+pub mod system_roots;
 
 use std::io::Read;
 use std::path::PathBuf;

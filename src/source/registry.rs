@@ -174,25 +174,7 @@ pub fn open(
     progress: &Arc<Progress>,
 ) -> Result<Box<dyn Read + Send>, RegistryError> {
     let reference = parse_reference(spec)?;
-    let certificates = match &options.ca_dir {
-        Some(dir) => load_certificates(dir)?,
-        None => Vec::new(),
-    };
-    let auth = match (&options.username, &options.password) {
-        (Some(user), Some(pass)) if !user.is_empty() && !pass.is_empty() => {
-            RegistryAuth::Basic(user.clone(), pass.clone())
-        }
-        _ => RegistryAuth::Anonymous,
-    };
-    let job = Job {
-        display: reference.whole(),
-        reference,
-        auth,
-        certificates,
-        insecure: options.insecure,
-        arch: options.arch.as_deref().map(normalize_arch),
-        progress: progress.clone(),
-    };
+    let job = Job::new(reference, options, progress)?;
     let (found_tx, found_rx) = sync_channel(1);
     let (disk_tx, disk_rx) = sync_channel(DISK_QUEUE);
     std::thread::Builder::new()
@@ -213,6 +195,54 @@ pub fn open(
             "the registry thread stopped without a result",
         ))),
     }
+}
+
+/// The digest (`sha256:<hex>` of the raw bytes) of the top-level manifest of
+/// `spec`: the index for a multi-platform image, as CDI's source-update
+/// poller reports it. `options.proxy_ca_dir` is trusted too, when it exists.
+pub fn top_manifest_digest(spec: &str, options: &SourceOptions) -> Result<String, RegistryError> {
+    use sha2::{Digest, Sha256};
+    let mut job = Job::new(parse_reference(spec)?, options, &Arc::default())?;
+    if let Some(dir) = options.proxy_ca_dir.as_ref().filter(|d| d.is_dir()) {
+        job.certificates.extend(load_certificates(dir)?);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RegistryError::Runtime)?;
+    let body = runtime.block_on(async {
+        let accepted = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
+        let fetch = |client: Client| {
+            let job = &job;
+            async move {
+                client
+                    .pull_manifest_raw(&job.reference, &job.auth, &accepted)
+                    .await
+                    .map(|(body, _)| body)
+                    .map_err(|e| job.pull_error(e))
+            }
+        };
+        match fetch(job.client(ClientProtocol::Https)).await {
+            Err(RegistryError::Pull {
+                source: OciDistributionError::RequestError(_),
+                ..
+            }) if job.insecure => fetch(job.client(ClientProtocol::Http)).await,
+            other => other,
+        }
+    })?;
+    Ok(format!("sha256:{}", hex::encode(Sha256::digest(&body))))
+}
+
+/// The system's CA certificates and `extra`, as the only roots of a client.
+fn with_system_roots(extra: &[Certificate]) -> Vec<Certificate> {
+    super::system_roots::system_certificates()
+        .iter()
+        .map(|der| Certificate {
+            encoding: CertificateEncoding::Der,
+            data: der.to_vec(),
+        })
+        .chain(extra.iter().cloned())
+        .collect()
 }
 
 /// Strips `docker://` and parses the rest with Docker's rules.
@@ -428,6 +458,42 @@ type FoundSender = SyncSender<Result<FoundDisk, RegistryError>>;
 type DiskSender = SyncSender<io::Result<Bytes>>;
 
 impl Job {
+    fn new(
+        reference: Reference,
+        options: &SourceOptions,
+        progress: &Arc<Progress>,
+    ) -> Result<Job, RegistryError> {
+        let certificates = match &options.ca_dir {
+            Some(dir) => load_certificates(dir)?,
+            None => Vec::new(),
+        };
+        // With no root at all, oci-client would silently fall back to a
+        // default client, which cannot be built either.
+        if certificates.is_empty() && !options.insecure {
+            if let Some(hint) = super::system_roots::missing_hint() {
+                return Err(RegistryError::Certificates {
+                    path: "verifying the registry".into(),
+                    reason: hint.into(),
+                });
+            }
+        }
+        let auth = match (&options.username, &options.password) {
+            (Some(user), Some(pass)) if !user.is_empty() && !pass.is_empty() => {
+                RegistryAuth::Basic(user.clone(), pass.clone())
+            }
+            _ => RegistryAuth::Anonymous,
+        };
+        Ok(Job {
+            display: reference.whole(),
+            reference,
+            auth,
+            certificates,
+            insecure: options.insecure,
+            arch: options.arch.as_deref().map(normalize_arch),
+            progress: progress.clone(),
+        })
+    }
+
     fn run(self, found_tx: FoundSender, disk_tx: DiskSender) {
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -579,7 +645,7 @@ impl Job {
         Client::new(ClientConfig {
             protocol,
             accept_invalid_certificates: self.insecure,
-            extra_root_certificates: self.certificates.clone(),
+            tls_certs_only: with_system_roots(&self.certificates),
             platform_resolver: None,
             connect_timeout: Some(CONNECT_TIMEOUT),
             read_timeout: Some(READ_TIMEOUT),

@@ -371,15 +371,15 @@ fn http_client(options: &SourceOptions) -> Result<SharedHttpClient, S3Error> {
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(120))
         .user_agent(concat!("diskimport/", env!("CARGO_PKG_VERSION")));
+    let mut certs = Vec::new();
     if let Some(dir) = &options.ca_dir {
-        let certs = load_ca_dir(dir)?;
-        builder = builder.tls_certs_merge(certs);
+        certs.extend(load_ca_dir(dir)?);
     }
     // CDI trusts its proxy CA bundle for S3 too; the directory may be absent.
     if let Some(dir) = options.proxy_ca_dir.as_ref().filter(|d| d.exists()) {
-        let certs = load_ca_dir(dir)?;
-        builder = builder.tls_certs_merge(certs);
+        certs.extend(load_ca_dir(dir)?);
     }
+    builder = builder.tls_certs_only(super::system_roots::with_system(certs));
     if options.insecure {
         builder = builder.tls_danger_accept_invalid_certs(true);
     }
