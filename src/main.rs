@@ -208,7 +208,9 @@ fn main() -> ExitCode {
     let by_name = programs::Program::from_invocation(&argv0, first);
     let by_subcommand = first.and_then(programs::Program::from_subcommand);
     // The image's helper programs log what they do, as CDI's do.
-    let helper = by_name.or(by_subcommand).is_some_and(|p| p != programs::Program::Importer);
+    let helper = by_name
+        .or(by_subcommand)
+        .is_some_and(|p| p != programs::Program::Importer);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DISKIMPORT_LOG").unwrap_or_else(|_| {

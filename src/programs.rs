@@ -329,9 +329,13 @@ mod tests {
 
     #[test]
     fn names_pick_programs() {
-        let pick = |name: &str, first: Option<&str>| Program::from_invocation(Path::new(name), first);
+        let pick =
+            |name: &str, first: Option<&str>| Program::from_invocation(Path::new(name), first);
         assert_eq!(pick("/usr/bin/cdi-importer", None), Some(Program::Importer));
-        assert_eq!(pick("/shared/server", Some("-h")), Some(Program::ContainerImageServer));
+        assert_eq!(
+            pick("/shared/server", Some("-h")),
+            Some(Program::ContainerImageServer)
+        );
         assert_eq!(
             pick("/usr/bin/cdi-image-size-detection", None),
             Some(Program::SizeDetection)
@@ -340,7 +344,10 @@ mod tests {
             pick("cdi-source-update-poller", None),
             Some(Program::SourceUpdatePoller)
         );
-        assert_eq!(pick("/x/copied", Some("-image-dir=/disk")), Some(Program::ContainerImageServer));
+        assert_eq!(
+            pick("/x/copied", Some("-image-dir=/disk")),
+            Some(Program::ContainerImageServer)
+        );
         assert_eq!(pick("/x/copied", Some("convert")), None);
         assert_eq!(pick("target/release/diskimport", Some("-p")), None);
     }
@@ -348,14 +355,40 @@ mod tests {
     #[test]
     fn go_flags_become_long_flags_and_klog_flags_go() {
         assert_eq!(
-            go_style_args("server", &args(&["-p", "8100", "-image-dir=/disk", "--done-file", "d", "-v=3", "-alsologtostderr"])),
-            args(&["server", "--p", "8100", "--image-dir=/disk", "--done-file", "d"])
+            go_style_args(
+                "server",
+                &args(&[
+                    "-p",
+                    "8100",
+                    "-image-dir=/disk",
+                    "--done-file",
+                    "d",
+                    "-v=3",
+                    "-alsologtostderr"
+                ])
+            ),
+            args(&[
+                "server",
+                "--p",
+                "8100",
+                "--image-dir=/disk",
+                "--done-file",
+                "d"
+            ])
         );
-        let flags: ServerFlags = ServerFlags::try_parse_from(go_style_args("server", &args(&["-p", "9", "-image-dir", "/disk"]))).unwrap();
+        let flags: ServerFlags = ServerFlags::try_parse_from(go_style_args(
+            "server",
+            &args(&["-p", "9", "-image-dir", "/disk"]),
+        ))
+        .unwrap();
         assert_eq!((flags.port, flags.image_dir), (9, PathBuf::from("/disk")));
-        let help = ServerFlags::try_parse_from(go_style_args("server", &args(&["-h"]))).err().unwrap();
+        let help = ServerFlags::try_parse_from(go_style_args("server", &args(&["-h"])))
+            .err()
+            .unwrap();
         assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
-        let unknown = ServerFlags::try_parse_from(go_style_args("server", &args(&["-bogus"]))).err().unwrap();
+        let unknown = ServerFlags::try_parse_from(go_style_args("server", &args(&["-bogus"])))
+            .err()
+            .unwrap();
         assert_eq!(unknown.exit_code(), 2);
     }
 }

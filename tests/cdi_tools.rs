@@ -80,7 +80,11 @@ fn http(port: u16, request: &str) -> (String, String, Vec<u8>) {
         .expect("a response head");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let (status, headers) = head.split_once("\r\n").unwrap_or((&head, ""));
-    (status.to_string(), headers.to_lowercase(), raw[split + 4..].to_vec())
+    (
+        status.to_string(),
+        headers.to_lowercase(),
+        raw[split + 4..].to_vec(),
+    )
 }
 
 fn get(port: u16, path: &str, extra: &str) -> (String, String, Vec<u8>) {
@@ -113,7 +117,10 @@ impl Pod {
             .arg(port.to_string())
             .arg("-image-dir")
             .arg(self.path("disk"))
-            .arg(format!("-ready-file={}", self.path("shared/ready").display()))
+            .arg(format!(
+                "-ready-file={}",
+                self.path("shared/ready").display()
+            ))
             .arg("--done-file")
             .arg(self.path("shared/done"))
             .env("KUBEVIRT_IO_OS", "fedora")
@@ -152,7 +159,10 @@ fn server_help_exits_zero_and_bad_flags_do_not() {
     let server = as_program(dir.path(), "server");
     let help = Command::new(&server).arg("-h").output().unwrap();
     assert_eq!(help.status.code(), Some(0), "{help:?}");
-    assert!(String::from_utf8_lossy(&help.stderr).contains("image-dir"), "{help:?}");
+    assert!(
+        String::from_utf8_lossy(&help.stderr).contains("image-dir"),
+        "{help:?}"
+    );
     let long = Command::new(&server).arg("--help").output().unwrap();
     assert_eq!(long.status.code(), Some(0), "{long:?}");
     let bogus = Command::new(&server).arg("-bogus").output().unwrap();
@@ -181,7 +191,10 @@ fn server_refuses_an_image_dir_without_exactly_one_file() {
         String::from_utf8_lossy(&out.stderr).contains("Invalid container image"),
         "{out:?}"
     );
-    assert!(!dir.path().join("ready").exists(), "no ready file on failure");
+    assert!(
+        !dir.path().join("ready").exists(),
+        "no ready file on failure"
+    );
 }
 
 #[test]
@@ -206,13 +219,19 @@ fn server_speaks_cdis_protocol_and_exits_after_the_done_file() {
     );
     assert!(status.contains(" 200"), "{status}");
     assert!(body.is_empty());
-    assert!(headers.contains(&format!("content-length: {}", expected.len())), "{headers}");
+    assert!(
+        headers.contains(&format!("content-length: {}", expected.len())),
+        "{headers}"
+    );
     assert!(headers.contains("accept-ranges: bytes"), "{headers}");
     assert!(headers.contains("last-modified:"), "{headers}");
 
     let (status, headers, body) = get(port, "/fedora.qcow2", "Range: bytes=100-1123\r\n");
     assert!(status.contains(" 206"), "{status}");
-    assert!(headers.contains(&format!("content-range: bytes 100-1123/{}", expected.len())), "{headers}");
+    assert!(
+        headers.contains(&format!("content-range: bytes 100-1123/{}", expected.len())),
+        "{headers}"
+    );
     assert_eq!(body, &expected[100..1124]);
 
     let (status, _, body) = get(port, "/fedora.qcow2", "");
@@ -221,9 +240,17 @@ fn server_speaks_cdis_protocol_and_exits_after_the_done_file() {
 
     let (status, headers, body) = get(port, "/info", "");
     assert!(status.contains(" 200"), "{status}");
-    assert!(headers.contains("content-type: application/json"), "{headers}");
+    assert!(
+        headers.contains("content-type: application/json"),
+        "{headers}"
+    );
     let info: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let env: Vec<&str> = info["env"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    let env: Vec<&str> = info["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
     assert!(env.contains(&"KUBEVIRT_IO_OS=fedora"), "{env:?}");
     assert_eq!(body.last(), Some(&b'\n'));
 
@@ -366,7 +393,9 @@ fn size_detection_refuses_formats_not_read_yet() {
         assert!(made.ok(), "{}", made.describe());
         let (code, message, stderr) = detect(root.path(), &["-image-path=/data/disk.img"]);
         if code != Some(2) || !message.is_empty() || !stderr.contains("unsupported image format") {
-            failures.push(format!("{format}: exit {code:?}, message {message:?}; {stderr}"));
+            failures.push(format!(
+                "{format}: exit {code:?}, message {message:?}; {stderr}"
+            ));
         }
     }
     common::finish("size detection of unread formats", failures);
@@ -380,7 +409,10 @@ fn size_detection_exit_codes_are_cdis() {
     assert!(stderr.contains("mandatory parameters"), "{stderr}");
     let (code, _, stderr) = detect(root.path(), &["-image-path", "/data/missing.img"]);
     assert_eq!(code, Some(2), "missing file: {stderr}");
-    let (code, _, stderr) = detect(root.path(), &["-image-path", "/data/x", "-scheme", "nbd+unix://"]);
+    let (code, _, stderr) = detect(
+        root.path(),
+        &["-image-path", "/data/x", "-scheme", "nbd+unix://"],
+    );
     assert_eq!(code, Some(3), "unsupported scheme: {stderr}");
     fs::write(root.path().join("data/disk.img"), vec![1u8; 4096]).unwrap();
     fs::remove_dir(root.path().join("dev")).unwrap();
@@ -402,6 +434,9 @@ fn helper_programs_are_subcommands_too() {
         fs::read_to_string(root.path().join("dev/termination-log")).unwrap(),
         "12345"
     );
-    let help = Command::new(BIN).args(["containerimage-server", "-h"]).output().unwrap();
+    let help = Command::new(BIN)
+        .args(["containerimage-server", "-h"])
+        .output()
+        .unwrap();
     assert_eq!(help.status.code(), Some(0), "{help:?}");
 }

@@ -167,12 +167,19 @@ fn wait_for_file(child: &mut Child, path: &Path) {
 
 #[test]
 fn the_image_runs_as_cdis_importer_and_node_pull_sidecar() {
-    let needs = [Nginx::NEEDS, &["podman", "runc", "/bin/busybox", "qemu-img"]].concat();
+    let needs = [
+        Nginx::NEEDS,
+        &["podman", "runc", "/bin/busybox", "qemu-img"],
+    ]
+    .concat();
     let Some(servers) = require_servers(&needs) else {
         return;
     };
     if !nix::unistd::Uid::effective().is_root() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the image test as root");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the image test as root"
+        );
         common::note("skipped: podman here needs root");
         return;
     }
@@ -230,7 +237,10 @@ fn the_image_runs_as_cdis_importer_and_node_pull_sidecar() {
         .arg("-v")
         .arg(format!("{}:/data", vol.join("data").display()))
         .arg("-v")
-        .arg(format!("{}:/dev/termination-log", vol.join("termination-log").display()))
+        .arg(format!(
+            "{}:/dev/termination-log",
+            vol.join("termination-log").display()
+        ))
         .arg("-v")
         .arg(format!("{}:/certs:ro", vol.join("certs").display()))
         .arg(&image)
@@ -260,26 +270,47 @@ fn the_image_runs_as_cdis_importer_and_node_pull_sidecar() {
             .arg("cp /usr/bin/cdi-containerimage-server /shared/server"),
     );
     let copied = fs::metadata(shared.join("server")).expect("the init container copied the server");
-    assert!(copied.permissions().mode() & 0o111 != 0, "the copy is executable");
+    assert!(
+        copied.permissions().mode() & 0o111 != 0,
+        "the copy is executable"
+    );
 
     // A containerDisk image with no libc: the disk under /disk, nothing else.
     let cd = work.path().join("containerdisk");
     fs::create_dir_all(cd.join("disk")).unwrap();
     fs::copy(&qcow2, cd.join("disk/fedora.qcow2")).unwrap();
     world_writable(&cd.join("disk/fedora.qcow2"), 0o644);
-    fs::write(cd.join("Containerfile"), "FROM scratch\nCOPY disk/ /disk/\n").unwrap();
+    fs::write(
+        cd.join("Containerfile"),
+        "FROM scratch\nCOPY disk/ /disk/\n",
+    )
+    .unwrap();
     let disk_image = images.build("containerdisk", &cd.join("Containerfile"), &cd);
     let shared_mount = format!("{}:/shared", shared.display());
 
     // The DataImportCron poll runs it with -h only: it must exit 0.
-    run_ok(
-        pod_run()
-            .args(["-v", &shared_mount, "--entrypoint", "/shared/server", &disk_image, "-h"]),
-    );
+    run_ok(pod_run().args([
+        "-v",
+        &shared_mount,
+        "--entrypoint",
+        "/shared/server",
+        &disk_image,
+        "-h",
+    ]));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut sidecar = pod_run()
-        .args(["-v", &shared_mount, "--entrypoint", "/shared/server", &disk_image])
+        .args([
+            "-v",
+            &shared_mount,
+            "--entrypoint",
+            "/shared/server",
+            &disk_image,
+        ])
         .args(["-p", &port.to_string(), "-image-dir", "/disk"])
         .args(["-ready-file", "/shared/ready", "-done-file", "/shared/done"])
         .stdin(Stdio::null())

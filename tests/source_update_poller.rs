@@ -101,7 +101,11 @@ impl Setup {
 
         // The fake API server and the pod's service account.
         let pki = work.join("api-pki");
-        run_ok(Command::new("sh").arg(servers.join("mk_certs.sh")).arg(&pki));
+        run_ok(
+            Command::new("sh")
+                .arg(servers.join("mk_certs.sh"))
+                .arg(&pki),
+        );
         let root = work.join("root");
         let sa = root.join("var/run/secrets/kubernetes.io/serviceaccount");
         fs::create_dir_all(&sa).unwrap();
@@ -135,7 +139,13 @@ impl Setup {
         ];
         let arg_refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
         let api_out = work.join("api.log");
-        let mut api = Server::spawn("fake kube api", Path::new("python3"), &arg_refs, &[], &api_out);
+        let mut api = Server::spawn(
+            "fake kube api",
+            Path::new("python3"),
+            &arg_refs,
+            &[],
+            &api_out,
+        );
         api.wait_until("its port", START_TIMEOUT, || {
             fs::read_to_string(&api_out).is_ok_and(|t| t.contains("PORT="))
         });
@@ -162,7 +172,10 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         let program = dir.path().join("cdi-source-update-poller");
         std::os::unix::fs::symlink(BIN, &program).unwrap();
-        let url = format!("docker://127.0.0.1:{}/containerdisks/fedora:v1", self.reg_port);
+        let url = format!(
+            "docker://127.0.0.1:{}/containerdisks/fedora:v1",
+            self.reg_port
+        );
         let mut cmd = Command::new(&program);
         cmd.args(["-ns", NS, "-cron", CRON, "-url", &url, "-certdir"])
             .arg(&self.ca_dir)
@@ -175,7 +188,10 @@ impl Setup {
         let out = cmd.stdin(Stdio::null()).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains(TOKEN), "the token leaked: {stderr}");
-        assert!(!stderr.contains(creds.1) || creds.1.is_empty(), "the password leaked: {stderr}");
+        assert!(
+            !stderr.contains(creds.1) || creds.1.is_empty(),
+            "the password leaked: {stderr}"
+        );
         out
     }
 
@@ -190,9 +206,13 @@ impl Setup {
 
 #[test]
 fn poller_patches_the_index_digest_into_the_cron() {
-    let Some(servers) =
-        require_servers(&["docker-registry", "skopeo", "htpasswd", "openssl", "python3"])
-    else {
+    let Some(servers) = require_servers(&[
+        "docker-registry",
+        "skopeo",
+        "htpasswd",
+        "openssl",
+        "python3",
+    ]) else {
         return;
     };
     let work = tempfile::tempdir().unwrap();
@@ -208,12 +228,18 @@ fn poller_patches_the_index_digest_into_the_cron() {
     let out = setup.poll((&user, &pass));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("Digest is {}", setup.index_digest)), "{stderr}");
+    assert!(
+        stderr.contains(&format!("Digest is {}", setup.index_digest)),
+        "{stderr}"
+    );
     assert!(stderr.contains("Digest updated"), "{stderr}");
     let requests = setup.requests();
     assert_eq!(requests.len(), 2, "{requests:?}");
     let path = format!("/apis/cdi.kubevirt.io/v1beta1/namespaces/{NS}/dataimportcrons/{CRON}");
-    assert_eq!((requests[0]["method"].as_str(), requests[0]["path"].as_str()), (Some("GET"), Some(path.as_str())));
+    assert_eq!(
+        (requests[0]["method"].as_str(), requests[0]["path"].as_str()),
+        (Some("GET"), Some(path.as_str()))
+    );
     let patch = &requests[1];
     assert_eq!(patch["method"], "PATCH");
     assert_eq!(patch["path"], path.as_str());
@@ -223,9 +249,18 @@ fn poller_patches_the_index_digest_into_the_cron() {
     let ops = ops.as_array().unwrap();
     assert_eq!(ops.len(), 2, "{ops:?}");
     assert_eq!(ops[0]["op"], "add");
-    assert_eq!(ops[0]["path"], "/metadata/annotations/cdi.kubevirt.io~1storage.import.lastCronTime");
-    assert!(rfc3339.is_match(ops[0]["value"].as_str().unwrap()), "{ops:?}");
-    assert_eq!(ops[1]["path"], "/metadata/annotations/cdi.kubevirt.io~1storage.import.sourceDesiredDigest");
+    assert_eq!(
+        ops[0]["path"],
+        "/metadata/annotations/cdi.kubevirt.io~1storage.import.lastCronTime"
+    );
+    assert!(
+        rfc3339.is_match(ops[0]["value"].as_str().unwrap()),
+        "{ops:?}"
+    );
+    assert_eq!(
+        ops[1]["path"],
+        "/metadata/annotations/cdi.kubevirt.io~1storage.import.sourceDesiredDigest"
+    );
     assert_eq!(ops[1]["value"], setup.index_digest.as_str());
 
     // Polling again: the digest is current, only the time is patched.
@@ -235,9 +270,13 @@ fn poller_patches_the_index_digest_into_the_cron() {
     assert!(stderr.contains("No digest update"), "{stderr}");
     let requests = setup.requests();
     assert_eq!(requests.len(), 4, "{requests:?}");
-    let ops: serde_json::Value = serde_json::from_str(requests[3]["body"].as_str().unwrap()).unwrap();
+    let ops: serde_json::Value =
+        serde_json::from_str(requests[3]["body"].as_str().unwrap()).unwrap();
     assert_eq!(ops.as_array().map(Vec::len), Some(1), "{ops}");
-    assert_eq!(ops[0]["path"], "/metadata/annotations/cdi.kubevirt.io~1storage.import.lastCronTime");
+    assert_eq!(
+        ops[0]["path"],
+        "/metadata/annotations/cdi.kubevirt.io~1storage.import.lastCronTime"
+    );
     setup.api.check_alive();
 }
 
@@ -248,7 +287,10 @@ fn poller_without_its_flags_fails() {
     std::os::unix::fs::symlink(BIN, &program).unwrap();
     let out = Command::new(&program).args(["-ns", NS]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("-cron"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-cron"),
+        "{out:?}"
+    );
     let help = Command::new(&program).arg("-help").output().unwrap();
     assert_eq!(help.status.code(), Some(0), "{help:?}");
 }

@@ -98,7 +98,10 @@ fn the_static_binary_imports_in_an_empty_root() {
         return;
     };
     if !nix::unistd::Uid::effective().is_root() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run this test as root (chroot)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root (chroot)"
+        );
         common::note("skipped: the empty-root import needs root (chroot)");
         return;
     }
@@ -148,8 +151,16 @@ fn the_static_binary_imports_in_an_empty_root() {
     });
 
     let cases: [(&str, String, Option<&str>); 4] = [
-        ("plain http, no CA bundle anywhere", nginx.http("disk.qcow2"), None),
-        ("https with IMPORTER_CERT_DIR", nginx.https("disk.qcow2"), Some("/certs")),
+        (
+            "plain http, no CA bundle anywhere",
+            nginx.http("disk.qcow2"),
+            None,
+        ),
+        (
+            "https with IMPORTER_CERT_DIR",
+            nginx.https("disk.qcow2"),
+            Some("/certs"),
+        ),
         (
             "a host name from /etc/hosts",
             format!("http://images.test:{}/disk.qcow2", nginx.http_port),
@@ -189,6 +200,9 @@ fn the_static_binary_imports_in_an_empty_root() {
             "https without a CA: ok={ok}, message {message:?}; {stderr}"
         ));
     }
-    assert!(!root.path().join("data/disk.img").exists(), "no disk left after a failure");
+    assert!(
+        !root.path().join("data/disk.img").exists(),
+        "no disk left after a failure"
+    );
     common::finish("imports in an empty root", failures);
 }

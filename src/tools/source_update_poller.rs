@@ -91,18 +91,20 @@ pub fn run(
         }
     }
     let options = SourceOptions {
-        ca_dir: config.cert_dir.clone().filter(|d| !d.as_os_str().is_empty()),
+        ca_dir: config
+            .cert_dir
+            .clone()
+            .filter(|d| !d.as_os_str().is_empty()),
         proxy_ca_dir: Some(config.root.join(PROXY_CA_DIR)),
         insecure: env("INSECURE_TLS").is_some_and(|v| go_bool(&v)),
         username: env("IMPORTER_ACCESS_KEY_ID"),
         password: env("IMPORTER_SECRET_KEY"),
         ..SourceOptions::default()
     };
-    let digest =
-        top_manifest_digest(&config.url, &options).map_err(|e| PollerError::Registry {
-            url: config.url.clone(),
-            detail: describe_chain(&e),
-        })?;
+    let digest = top_manifest_digest(&config.url, &options).map_err(|e| PollerError::Registry {
+        url: config.url.clone(),
+        detail: describe_chain(&e),
+    })?;
     eprintln!("Digest is {digest}");
     let kube = |source| PollerError::Kube {
         namespace: config.namespace.clone(),
@@ -133,8 +135,14 @@ pub fn cron_path(namespace: &str, name: &str) -> String {
 /// The JSON Patch CDI's poller sends: `add` of the poll time, and of the
 /// digest when it differs from the cron's current one. A cron without
 /// annotations gets the whole map (a patch cannot add below a missing map).
-pub fn annotation_patch(cron: &serde_json::Value, now: &str, digest: &str) -> (serde_json::Value, bool) {
-    let annotations = cron.pointer("/metadata/annotations").and_then(|a| a.as_object());
+pub fn annotation_patch(
+    cron: &serde_json::Value,
+    now: &str,
+    digest: &str,
+) -> (serde_json::Value, bool) {
+    let annotations = cron
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.as_object());
     let current = annotations
         .and_then(|a| a.get(DESIRED_DIGEST))
         .and_then(|d| d.as_str());
@@ -197,7 +205,8 @@ mod tests {
 
     #[test]
     fn a_cron_without_annotations_gets_the_map() {
-        let (ops, updated) = annotation_patch(&serde_json::json!({"metadata": {}}), "t", "sha256:d");
+        let (ops, updated) =
+            annotation_patch(&serde_json::json!({"metadata": {}}), "t", "sha256:d");
         assert!(updated);
         assert_eq!(
             ops,
