@@ -135,7 +135,8 @@ enum ParseExit {
 /// Parses Go-style flags, printing usage or the error.
 fn parse_flags<T: Parser>(argv: Vec<OsString>) -> Result<T, ParseExit> {
     T::try_parse_from(argv).map_err(|e| {
-        let _ = e.print();
+        // Go's flag package prints usage to stderr, for -h too.
+        eprint!("{}", e.render());
         match e.kind() {
             clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                 ParseExit::Help
