@@ -1,28 +1,42 @@
-# The diskimport importer image: a drop-in for CDI's importer entrypoint.
+# The diskimport importer image: a drop-in for CDI's IMPORTER_IMAGE.
 #
-# Build stage: a Debian 12 (bookworm) Rust toolchain builds the release binary.
-# The xz and zstd libraries are compiled in, so the binary needs only glibc and
-# libgcc_s at run time (checked with ldd: libgcc_s, libm, libc, ld-linux).
+# One static binary plays every program CDI runs from this image:
+#   /usr/bin/cdi-importer               the importer (ENTRYPOINT)
+#   /usr/bin/cdi-containerimage-server  node-pull sidecar, copied to /shared/server
+#   /usr/bin/cdi-image-size-detection   PVC-clone size detection
+#   /usr/bin/cdi-source-update-poller   DataImportCron registry poller
+# (links to cdi-importer; the binary dispatches on the name it runs as), plus
+# a static busybox for the `sh -c 'cp …'` of CDI's init container and a CA
+# bundle. See image/make-rootfs.sh for the layout; image/Dockerfile.host
+# builds the same image from a binary built on the host.
+
+# Build stage: Debian 12's Rust image. glibc is linked statically
+# (.cargo/config.toml: crt-static), so the binary runs with no libc at all.
 FROM docker.io/library/rust:1-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake clang \
+ && apt-get install -y --no-install-recommends cmake clang busybox-static ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
+COPY image/make-rootfs.sh ./image/make-rootfs.sh
 RUN cargo build --release --locked --bin diskimport \
- && strip target/release/diskimport
+ && strip target/release/diskimport \
+ && ldd target/release/diskimport 2>&1 | grep -q "not a dynamic executable" \
+ && image/make-rootfs.sh target/release/diskimport /bin/busybox \
+        /etc/ssl/certs/ca-certificates.crt /rootfs
 
-# Runtime stage: distroless with glibc and libgcc, no shell, no package
-# manager, and no /scratch directory (CDI's Go importer mistook a /scratch
-# directory in the image for a scratch volume; diskimport only uses /scratch
-# when the volume is mounted, but the image ships none either way).
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/diskimport /usr/bin/diskimport
-# CDI forces uid 107 in the pod; the image runs as it too.
+# Runtime: nothing but the root file system above. No /scratch directory (CDI
+# mounts a scratch volume when it wants one).
+FROM scratch
+COPY --from=build /rootfs/ /
+ENV PATH=/usr/bin:/bin
+# Numeric and non-root: the poller's pod keeps runAsNonRoot but clears
+# runAsUser, so kubelet needs a numeric USER; import pods run as 107.
 USER 107:107
 EXPOSE 8443
 # CDI starts the importer as `<entrypoint> -alsologtostderr` with pod args
-# `-v=N`; diskimport accepts both and runs `import` when no subcommand is given.
-ENTRYPOINT ["/usr/bin/diskimport", "-alsologtostderr"]
+# `-v=N`.
+ENTRYPOINT ["/usr/bin/cdi-importer", "-alsologtostderr"]

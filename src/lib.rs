@@ -19,6 +19,7 @@ pub mod stages;
 pub mod status;
 pub mod stream;
 pub mod tar_guard;
+pub mod tools;
 
 pub use error::Error;
 pub use extent::{Extent, ExtentKind};

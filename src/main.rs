@@ -1,8 +1,11 @@
-//! The `diskimport` command line: `convert` and `info`. Library errors become a
-//! message on stderr and a non-zero exit status here, and only here.
+//! The `diskimport` command line: `convert`, `info`, `import`, and the other
+//! programs of the CDI image (see `programs`), chosen by subcommand or by the
+//! name the binary was started as. Library errors become a message on stderr
+//! and a non-zero exit status here, and only here.
 
 mod cli_progress;
 mod cli_size;
+mod programs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +70,29 @@ enum Command {
         /// Address the progress endpoint listens on.
         #[arg(long, env = "DISKIMPORT_STATUS_ADDR", default_value = "0.0.0.0")]
         status_addr: std::net::IpAddr,
+    },
+    /// CDI's cdi-containerimage-server (node-pull sidecar), with its Go-style
+    /// flags: -p PORT -image-dir DIR -ready-file F -done-file F. Also what
+    /// runs when the binary is started as `server` or `cdi-containerimage-server`.
+    ContainerimageServer {
+        /// The program's flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        flags: Vec<std::ffi::OsString>,
+    },
+    /// CDI's cdi-image-size-detection: -image-path P writes the virtual size
+    /// to the termination log (exit 1 bad arguments, 2 invalid file, 3
+    /// invalid path, 4 termination log not writable).
+    ImageSizeDetection {
+        /// The program's flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        flags: Vec<std::ffi::OsString>,
+    },
+    /// CDI's cdi-source-update-poller: -ns NS -cron NAME -url docker://…
+    /// [-certdir DIR] records the registry digest in the DataImportCron.
+    SourceUpdatePoller {
+        /// The program's flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        flags: Vec<std::ffi::OsString>,
     },
     /// Describe SOURCE: format, compression, virtual size, allocation.
     Info {
@@ -205,16 +231,46 @@ impl Tuning {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv0 = PathBuf::from(args.first().cloned().unwrap_or_default());
+    let first = args.get(1).and_then(|a| a.to_str());
+    let by_name = programs::Program::from_invocation(&argv0, first);
+    let by_subcommand = first.and_then(programs::Program::from_subcommand);
+    // The image's helper programs log what they do, as CDI's do.
+    let helper = by_name
+        .or(by_subcommand)
+        .is_some_and(|p| p != programs::Program::Importer);
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DISKIMPORT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("DISKIMPORT_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if helper { "info" } else { "warn" })
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse_from(klog_compatible_args(std::env::args_os()));
+    let name = argv0.file_name().map_or_else(
+        || "diskimport".to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    match (by_name, by_subcommand) {
+        (Some(programs::Program::Importer), _) => {}
+        (Some(program), _) => return program.run(&name, &args[1..]),
+        (None, Some(program)) => return program.run(&name, &args[2..]),
+        (None, None) => {}
+    }
+    let as_importer = by_name == Some(programs::Program::Importer);
+    let cli = Cli::parse_from(klog_compatible_args(args.into_iter(), as_importer));
     let result = match cli.command {
+        Command::ContainerimageServer { flags } => {
+            return programs::Program::ContainerImageServer.run(&name, &flags)
+        }
+        Command::ImageSizeDetection { flags } => {
+            return programs::Program::SizeDetection.run(&name, &flags)
+        }
+        Command::SourceUpdatePoller { flags } => {
+            return programs::Program::SourceUpdatePoller.run(&name, &flags)
+        }
         Command::Convert {
             source,
             target,
@@ -247,8 +303,12 @@ fn main() -> ExitCode {
 }
 
 /// CDI starts its importer as `cdi-importer -alsologtostderr -v=N`: drop the
-/// klog flags and, when no subcommand is left, run `import`.
-fn klog_compatible_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+/// klog flags and, when no subcommand is left, run `import` (always, when
+/// started as `cdi-importer`).
+fn klog_compatible_args(
+    args: impl Iterator<Item = std::ffi::OsString>,
+    as_importer: bool,
+) -> Vec<std::ffi::OsString> {
     let mut kept: Vec<std::ffi::OsString> = Vec::new();
     let mut saw_klog = false;
     for arg in args {
@@ -276,7 +336,7 @@ fn klog_compatible_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<s
             || a == "--version"
             || a == "-V"
     });
-    if saw_klog && !has_subcommand {
+    if (saw_klog || as_importer) && !has_subcommand {
         kept.insert(1.min(kept.len()), "import".into());
     }
     kept

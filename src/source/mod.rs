@@ -16,6 +16,7 @@ pub mod http;
 pub mod net;
 pub mod registry;
 pub mod s3;
+pub mod system_roots;
 
 use std::io::Read;
 use std::path::PathBuf;

@@ -204,6 +204,55 @@ pub fn open(
     }
 }
 
+/// The digest of the top-level manifest `spec` names (the index, for a multi-arch
+/// image), as `sha256:HEX` of the bytes the registry serves: what CDI's source
+/// update poller compares. Same credentials, CA and proxy handling as [`open`].
+pub fn top_manifest_digest(spec: &str, options: &SourceOptions) -> Result<String, RegistryError> {
+    use sha2::{Digest, Sha256};
+    let reference = parse_reference(spec)?;
+    let progress = Arc::new(Progress::default());
+    let net = Arc::new(Net::new(options, CaFiles::CrtAndPem, &progress)?);
+    let credentials = match (&options.username, &options.password) {
+        (Some(user), Some(pass)) if !user.is_empty() && !pass.is_empty() => {
+            Some((user.clone(), pass.clone()))
+        }
+        _ => None,
+    };
+    let job = Job {
+        display: reference.whole(),
+        reference,
+        net,
+        credentials,
+        insecure: options.insecure,
+        arch: None,
+        progress,
+    };
+    let body = block_on(async {
+        let api = RegistryApi::connect(
+            job.net.clone(),
+            job.reference.resolve_registry(),
+            job.reference.repository(),
+            job.credentials.clone(),
+            job.insecure,
+        )
+        .await
+        .map_err(|e| job.pull_error(e))?;
+        let top = job
+            .reference
+            .digest()
+            .or(job.reference.tag())
+            .unwrap_or("latest")
+            .to_string();
+        let accepted = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST].join(", ");
+        api.manifest(&top, &accepted)
+            .await
+            .map(|(body, _)| body)
+            .map_err(|e| job.pull_error(e))
+    })
+    .map_err(RegistryError::Runtime)??;
+    Ok(format!("sha256:{}", hex::encode(Sha256::digest(&body))))
+}
+
 /// Strips `docker://` and parses the rest with Docker's rules.
 fn parse_reference(spec: &str) -> Result<Reference, RegistryError> {
     let rest = spec
