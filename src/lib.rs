@@ -17,6 +17,7 @@ pub mod source;
 pub mod status;
 pub mod stream;
 pub mod tar_guard;
+pub mod upload;
 
 pub use error::Error;
 pub use extent::{Extent, ExtentKind};
