@@ -268,9 +268,7 @@ fn klog_compatible_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<s
 
 /// Started as `cdi-uploadserver` (CDI's image entrypoint): the
 /// `upload-server` subcommand.
-fn named_upload_server(
-    args: impl Iterator<Item = std::ffi::OsString>,
-) -> Vec<std::ffi::OsString> {
+fn named_upload_server(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = args.collect();
     let name = args
         .first()

@@ -24,11 +24,7 @@ const MIB: u64 = 1 << 20;
 
 /// Skips (outside CI) or fails (under CI) when `programs` are missing.
 fn require(programs: &[&str]) -> bool {
-    let missing: Vec<&str> = programs
-        .iter()
-        .copied()
-        .filter(|p| common::servers::find_program(p).is_none())
-        .collect();
+    let missing: Vec<&str> = programs.iter().copied().filter(|p| !in_path(p)).collect();
     if missing.is_empty() {
         return true;
     }
@@ -37,6 +33,11 @@ fn require(programs: &[&str]) -> bool {
     }
     note(&format!("skipped: {missing:?} not installed"));
     false
+}
+
+fn in_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 fn run(program: &str, args: &[&str]) {
@@ -58,7 +59,10 @@ impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let script = common::shared_dir().join("servers/mk_certs.sh");
-        run("sh", &[script.to_str().unwrap(), dir.path().to_str().unwrap()]);
+        run(
+            "sh",
+            &[script.to_str().unwrap(), dir.path().to_str().unwrap()],
+        );
         let pki = Pki { dir };
         pki.client("good", CLIENT_NAME, "ca");
         pki.client("wrong-cn", "someone.else", "ca");
@@ -372,10 +376,8 @@ fn curl(server: &Server, args: &[OsString], path: &str, client: Option<(&Pki, &s
 
 /// Uploads `file` to `path` as virtctl does: octet-stream, exact length.
 fn upload(server: &Server, pki: &Pki, path: &str, file: &Path, headers: &[&str]) -> Reply {
-    let mut args: Vec<OsString> = vec![
-        "-H".into(),
-        "Content-Type: application/octet-stream".into(),
-    ];
+    let mut args: Vec<OsString> =
+        vec!["-H".into(), "Content-Type: application/octet-stream".into()];
     for h in headers {
         args.push("-H".into());
         args.push(h.into());
@@ -387,7 +389,12 @@ fn upload(server: &Server, pki: &Pki, path: &str, file: &Path, headers: &[&str])
 
 /// virtctl: HEAD on upload-async, then POST there.
 fn virtctl_upload(server: &Server, pki: &Pki, file: &Path) -> Reply {
-    let head = curl(server, &["-I".into()], "/v1beta1/upload-async", Some((pki, "good")));
+    let head = curl(
+        server,
+        &["-I".into()],
+        "/v1beta1/upload-async",
+        Some((pki, "good")),
+    );
     assert_eq!(head.code, 200, "HEAD upload-async: {head:?}");
     upload(server, pki, "/v1beta1/upload-async", file, &[])
 }
@@ -437,16 +444,37 @@ impl Images {
         let p = out.to_str().unwrap();
         run(
             "qemu-img",
-            &["create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", p, "16M"],
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=4k",
+                p,
+                "16M",
+            ],
         );
         run(
             "qemu-io",
-            &["-c", "write -q -P 0x61 0 512k", "-c", "write -q -P 0x62 15M 1M", p],
+            &[
+                "-c",
+                "write -q -P 0x61 0 512k",
+                "-c",
+                "write -q -P 0x62 15M 1M",
+                p,
+            ],
         );
         run("qemu-img", &["resize", "-q", p, "64M"]);
         run(
             "qemu-io",
-            &["-c", "write -q -P 0x63 40M 256k", "-c", "write -q -P 0x64 10M 8k", p],
+            &[
+                "-c",
+                "write -q -P 0x63 40M 256k",
+                "-c",
+                "write -q -P 0x64 10M 8k",
+                p,
+            ],
         );
         out
     }
@@ -539,10 +567,7 @@ impl LoopDevice {
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
-        let _ = Command::new("losetup")
-            .arg("-d")
-            .arg(&self.device)
-            .status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
     }
 }
 
@@ -551,7 +576,9 @@ impl Drop for LoopDevice {
 /// termination message says "Upload Complete" and the process exits 0.
 #[test]
 fn every_format_converts_in_the_stream_to_a_filesystem_target() {
-    if !require(&["curl", "openssl", "qemu-img", "qemu-io", "gzip", "xz", "zstd"]) {
+    if !require(&[
+        "curl", "openssl", "qemu-img", "qemu-io", "gzip", "xz", "zstd",
+    ]) {
         return;
     }
     let pki = Pki::new();
@@ -564,11 +591,7 @@ fn every_format_converts_in_the_stream_to_a_filesystem_target() {
             images.qcow2("compressed.qcow2", &["-c"]),
             "qcow2",
         ),
-        (
-            "qcow2 tables at end",
-            images.qcow2_tables_at_end(),
-            "qcow2",
-        ),
+        ("qcow2 tables at end", images.qcow2_tables_at_end(), "qcow2"),
         ("raw", images.raw(), "raw"),
         ("iso", images.iso(), "raw"),
         ("qcow2.gz", images.compressed(&plain, "gzip", "gz"), "qcow2"),
@@ -601,7 +624,10 @@ fn every_format_converts_in_the_stream_to_a_filesystem_target() {
             failures.push(format!("{name}: {e}"));
         }
         if !server.scratch_entries().is_empty() {
-            failures.push(format!("{name}: scratch used: {:?}", server.scratch_entries()));
+            failures.push(format!(
+                "{name}: scratch used: {:?}",
+                server.scratch_entries()
+            ));
         }
         if server.data_entries() != ["disk.img"] {
             failures.push(format!("{name}: /data holds {:?}", server.data_entries()));
@@ -643,7 +669,7 @@ fn a_qcow2_upload_lands_on_a_4k_block_device() {
     let mut server = Server::start(
         &pki,
         Setup {
-            block: Some(&device.device),
+            block: Some(device.device.as_path()),
             ..Setup::default()
         }
         .with("FILESYSTEM_OVERHEAD", "0")
@@ -654,7 +680,11 @@ fn a_qcow2_upload_lands_on_a_4k_block_device() {
     compare_prefix(&device.device, &reference, 64 * MIB).unwrap();
     assert!(server.wait_exit().success());
     assert!(server.termination().contains("Upload Complete"));
-    assert!(server.data_entries().is_empty(), "{:?}", server.data_entries());
+    assert!(
+        server.data_entries().is_empty(),
+        "{:?}",
+        server.data_entries()
+    );
 }
 
 /// Probes and certificates: /healthz and HEAD upload-async need none; an
@@ -676,20 +706,38 @@ fn client_certificates_are_required_and_checked() {
         let head = curl(&server, &["-I".into()], route, None);
         assert_eq!(head.code, 200, "HEAD {route} without a certificate");
     }
-    let data: Vec<OsString> = vec!["--data-binary".into(), format!("@{}", image.display()).into()];
+    let data: Vec<OsString> = vec![
+        "--data-binary".into(),
+        format!("@{}", image.display()).into(),
+    ];
     let anonymous = curl(&server, &data, "/v1beta1/upload", None);
     assert_eq!(anonymous.code, 401, "{anonymous:?}");
     let wrong_cn = curl(&server, &data, "/v1beta1/upload", Some((&pki, "wrong-cn")));
     assert_eq!(wrong_cn.code, 401, "{wrong_cn:?}");
     let other_ca = curl(&server, &data, "/v1beta1/upload", Some((&pki, "other-ca")));
-    assert_eq!(other_ca.code, 0, "a foreign CA's certificate must fail the handshake");
-    let head_sync = curl(&server, &["-I".into()], "/v1beta1/upload", Some((&pki, "good")));
+    assert_eq!(
+        other_ca.code, 0,
+        "a foreign CA's certificate must fail the handshake"
+    );
+    let head_sync = curl(
+        &server,
+        &["-I".into()],
+        "/v1beta1/upload",
+        Some((&pki, "good")),
+    );
     assert_eq!(head_sync.code, 404);
     let get = curl(&server, &[], "/v1beta1/upload-async", Some((&pki, "good")));
     assert_eq!((get.code, get.body.as_str()), (404, ""));
     let unknown = curl(&server, &data, "/v1beta1/elsewhere", Some((&pki, "good")));
-    assert_eq!((unknown.code, unknown.body.as_str()), (404, "404 page not found\n"));
-    assert!(server.data_entries().is_empty(), "{:?}", server.data_entries());
+    assert_eq!(
+        (unknown.code, unknown.body.as_str()),
+        (404, "404 page not found\n")
+    );
+    assert!(
+        server.data_entries().is_empty(),
+        "{:?}",
+        server.data_entries()
+    );
     // The server still takes the real upload.
     let good = upload(&server, &pki, "/v1alpha1/upload", &image, &[]);
     assert_eq!(good.code, 200, "{good:?}");
@@ -741,7 +789,12 @@ fn busy_is_503_and_done_is_409() {
     stdin.write_all(&data[(8 * MIB) as usize..]).unwrap();
     drop(stdin);
     let out = first.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{}", server.log());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        server.log()
+    );
     compare_files(&server.disk(), &raw).unwrap();
     let after = upload(&server, &pki, "/v1beta1/upload", &raw, &[]);
     assert_eq!(after.code, 409, "{after:?}");
@@ -887,11 +940,23 @@ fn archive_and_form_uploads() {
         ],
     );
     let archive_server = Server::start(&pki, Setup::default());
-    let reply = upload(&archive_server, &pki, "/v1beta1/upload-archive", &tarball, &[]);
+    let reply = upload(
+        &archive_server,
+        &pki,
+        "/v1beta1/upload-archive",
+        &tarball,
+        &[],
+    );
     assert_eq!(reply.code, 200, "{reply:?}");
     let data = archive_server.root.join("data");
-    assert_eq!(std::fs::read_to_string(data.join("a.txt")).unwrap(), "alpha\n");
-    assert_eq!(std::fs::read(data.join("sub/b.bin")).unwrap(), vec![9u8; 100_000]);
+    assert_eq!(
+        std::fs::read_to_string(data.join("a.txt")).unwrap(),
+        "alpha\n"
+    );
+    assert_eq!(
+        std::fs::read(data.join("sub/b.bin")).unwrap(),
+        vec![9u8; 100_000]
+    );
     drop(archive_server);
 
     let image = images.qcow2("f.qcow2", &["-c"]);
@@ -899,14 +964,22 @@ fn archive_and_form_uploads() {
     let mut form_server = Server::start(&pki, Setup::default());
     let not_form = upload(&form_server, &pki, "/v1beta1/upload-form", &image, &[]);
     assert_eq!(not_form.code, 400, "{not_form:?}");
-    assert!(not_form.body.starts_with("Saving stream failed: "), "{not_form:?}");
+    assert!(
+        not_form.body.starts_with("Saving stream failed: "),
+        "{not_form:?}"
+    );
     let form: Vec<OsString> = vec![
         "-F".into(),
         "note=first part".into(),
         "-F".into(),
         format!("file=@{};type=application/octet-stream", image.display()).into(),
     ];
-    let reply = curl(&form_server, &form, "/v1beta1/upload-form-async", Some((&pki, "good")));
+    let reply = curl(
+        &form_server,
+        &form,
+        "/v1beta1/upload-form-async",
+        Some((&pki, "good")),
+    );
     assert_eq!(reply.code, 200, "{reply:?}: {}", form_server.log());
     compare_files(&form_server.disk(), &reference).unwrap();
     assert!(form_server.wait_exit().success());
@@ -1013,7 +1086,13 @@ fn clone_streams_to_a_filesystem_target() {
         (refused.code, refused.body.as_str()),
         (500, "Saving stream failed: async clone not supported")
     );
-    let reply = clone_upload(&block, &pki, "BlockDevice-Clone", "/v1beta1/upload", &framed_raw);
+    let reply = clone_upload(
+        &block,
+        &pki,
+        "BlockDevice-Clone",
+        "/v1beta1/upload",
+        &framed_raw,
+    );
     assert_eq!(reply.code, 200, "{reply:?}: {}", block.log());
     compare_files(&block.disk(), &images.raw()).unwrap();
     assert!(block.wait_exit().success());
@@ -1029,10 +1108,19 @@ fn clone_streams_to_a_filesystem_target() {
     assert_eq!(reply.code, 200, "{reply:?}: {}", fs.log());
     let data = fs.root.join("data");
     compare_files(&data.join("disk.img"), &volume.join("disk.img")).unwrap();
-    assert_eq!(std::fs::read_to_string(data.join("notes.txt")).unwrap(), "clone me\n");
-    assert_eq!(std::fs::read(data.join("sub/more.bin")).unwrap(), vec![3u8; 5000]);
+    assert_eq!(
+        std::fs::read_to_string(data.join("notes.txt")).unwrap(),
+        "clone me\n"
+    );
+    assert_eq!(
+        std::fs::read(data.join("sub/more.bin")).unwrap(),
+        vec![3u8; 5000]
+    );
     let allocated = common::allocated_bytes(&data.join("disk.img"));
-    assert!(allocated < 16 * MIB, "holes filled: {allocated} bytes allocated");
+    assert!(
+        allocated < 16 * MIB,
+        "holes filled: {allocated} bytes allocated"
+    );
     assert!(fs.wait_exit().success());
     assert_eq!(
         fs.termination(),
@@ -1057,7 +1145,11 @@ fn a_corrupt_clone_stream_is_refused() {
     let server = Server::start(&pki, Setup::default());
     let reply = clone_upload(&server, &pki, "blockdevice-clone", "/v1beta1/upload", &path);
     assert_eq!(reply.code, 500, "{reply:?}");
-    assert!(server.data_entries().is_empty(), "{:?}", server.data_entries());
+    assert!(
+        server.data_entries().is_empty(),
+        "{:?}",
+        server.data_entries()
+    );
 }
 
 /// A filesystem clone to a Block target: the disk.img member, expanded, on
@@ -1077,11 +1169,17 @@ fn a_filesystem_clone_lands_on_a_block_device() {
     let mut server = Server::start(
         &pki,
         Setup {
-            block: Some(&device.device),
+            block: Some(device.device.as_path()),
             ..Setup::default()
         },
     );
-    let reply = clone_upload(&server, &pki, "filesystem-clone", "/v1beta1/upload", &framed);
+    let reply = clone_upload(
+        &server,
+        &pki,
+        "filesystem-clone",
+        "/v1beta1/upload",
+        &framed,
+    );
     assert_eq!(reply.code, 200, "{reply:?}: {}", server.log());
     compare_prefix(&device.device, &volume.join("disk.img"), 64 * MIB).unwrap();
     assert!(server.wait_exit().success());
@@ -1104,8 +1202,18 @@ fn the_checksum_header_is_verified() {
     let reply = upload(&server, &pki, "/v1beta1/upload", &image, &[&wrong]);
     assert_eq!(reply.code, 400, "{reply:?}");
     assert!(reply.body.contains("checksum mismatch"), "{reply:?}");
-    assert!(server.data_entries().is_empty(), "{:?}", server.data_entries());
-    let malformed = upload(&server, &pki, "/v1beta1/upload", &image, &["x-diskimport-checksum: sha256:12"]);
+    assert!(
+        server.data_entries().is_empty(),
+        "{:?}",
+        server.data_entries()
+    );
+    let malformed = upload(
+        &server,
+        &pki,
+        "/v1beta1/upload",
+        &image,
+        &["x-diskimport-checksum: sha256:12"],
+    );
     assert_eq!(malformed.code, 400, "{malformed:?}");
     let right = format!("x-diskimport-checksum: sha256:{sha}");
     let reply = upload(&server, &pki, "/v1beta1/upload", &image, &[&right]);
@@ -1115,7 +1223,10 @@ fn the_checksum_header_is_verified() {
     use base64::Engine as _;
     let digest = base64::engine::general_purpose::STANDARD.encode(hex::decode(&sha).unwrap());
     let server = Server::start(&pki, Setup::default());
-    let bad_digest = format!("Content-Digest: sha-256=:{}:", base64::engine::general_purpose::STANDARD.encode([1u8; 32]));
+    let bad_digest = format!(
+        "Content-Digest: sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode([1u8; 32])
+    );
     let reply = upload(&server, &pki, "/v1beta1/upload", &image, &[&bad_digest]);
     assert_eq!(reply.code, 400, "{reply:?}");
     let good_digest = format!("Content-Digest: sha-256=:{digest}:");
@@ -1145,9 +1256,16 @@ fn without_scratch_an_unstreamable_qcow2_asks_for_it() {
     let reply = upload(&server, &pki, "/v1beta1/upload", &image, &[]);
     assert_eq!(
         (reply.code, reply.body.as_str()),
-        (500, "Saving stream failed: scratch space required and none found"),
+        (
+            500,
+            "Saving stream failed: scratch space required and none found"
+        ),
         "{}",
         server.log()
     );
-    assert!(server.data_entries().is_empty(), "{:?}", server.data_entries());
+    assert!(
+        server.data_entries().is_empty(),
+        "{:?}",
+        server.data_entries()
+    );
 }

@@ -93,9 +93,9 @@ where
                 // Trailers carry no body bytes.
                 Err(_) => continue,
             },
-            Some(Err(e)) => Piece::Failed(io::Error::other(format!(
-                "reading the request body: {e}"
-            ))),
+            Some(Err(e)) => {
+                Piece::Failed(io::Error::other(format!("reading the request body: {e}")))
+            }
         };
         let last = !matches!(piece, Piece::Data(_));
         if sender.send(piece).await.is_err() || last {

@@ -20,7 +20,9 @@ pub enum DigestHeaderError {
     #[error("{CHECKSUM_HEADER}: {0}")]
     Checksum(#[from] ChecksumError),
     /// `Content-Digest` has no algorithm this server knows, or bad syntax.
-    #[error("Content-Digest {0:?}: expected sha-256=:BASE64:, sha-512=:BASE64:, md5=... or sha=...")]
+    #[error(
+        "Content-Digest {0:?}: expected sha-256=:BASE64:, sha-512=:BASE64:, md5=... or sha=..."
+    )]
     ContentDigest(String),
 }
 

@@ -156,11 +156,10 @@ pub fn parse_deadline(text: &str, now: SystemTime) -> Result<SystemTime, ConfigE
     if text.is_empty() {
         return Ok(now + DEFAULT_DEADLINE);
     }
-    let parsed =
-        chrono::DateTime::parse_from_rfc3339(text).map_err(|e| ConfigError::Deadline {
-            text: text.to_string(),
-            reason: e.to_string(),
-        })?;
+    let parsed = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| ConfigError::Deadline {
+        text: text.to_string(),
+        reason: e.to_string(),
+    })?;
     Ok(SystemTime::from(parsed.with_timezone(&chrono::Utc)))
 }
 

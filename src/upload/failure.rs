@@ -19,8 +19,7 @@ use super::multipart::FormError;
 /// CDI's prefix of every failure body.
 pub const PREFIX: &str = "Saving stream failed: ";
 /// What CDI adds for capacity problems (its controller keys on it).
-pub const CAPACITY: &str =
-    "effective image size is larger than the reported available storage: ";
+pub const CAPACITY: &str = "effective image size is larger than the reported available storage: ";
 /// CDI's text when a qcow2 needs scratch space and none is mounted.
 pub const SCRATCH_REQUIRED: &str = "scratch space required and none found";
 

@@ -78,8 +78,8 @@ fn disk(
     config: &UploadConfig,
     progress: Arc<Progress>,
 ) -> Result<UploadTermination, Failure> {
-    let OpenTarget { mut sink, file } = target::open(destination, config, progress.clone())
-        .map_err(|e| Failure::from_error(&e))?;
+    let OpenTarget { mut sink, file } =
+        target::open(destination, config, progress.clone()).map_err(|e| Failure::from_error(&e))?;
     let input = refuse_long_raw(input, image_length, &sink)?;
     let mut options = ConvertOptions {
         spill_allowed: config.scratch_dir.is_dir(),

@@ -92,14 +92,20 @@ mod tests {
                 is_async: true
             })
         );
-        assert_eq!(route(&Method::HEAD, "/v1beta1/upload-async"), Routed::AsyncProbe);
+        assert_eq!(
+            route(&Method::HEAD, "/v1beta1/upload-async"),
+            Routed::AsyncProbe
+        );
         assert_eq!(
             route(&Method::HEAD, "/v1alpha1/upload-form-async"),
             Routed::AsyncProbe
         );
         // Sync routes: HEAD is a wrong method, not a probe.
         assert_eq!(route(&Method::HEAD, "/v1beta1/upload"), Routed::WrongMethod);
-        assert_eq!(route(&Method::GET, "/v1beta1/upload-async"), Routed::WrongMethod);
+        assert_eq!(
+            route(&Method::GET, "/v1beta1/upload-async"),
+            Routed::WrongMethod
+        );
         assert_eq!(route(&post, "/v1beta1/uploads"), Routed::NotFound);
         assert_eq!(route(&post, "/v2/upload"), Routed::NotFound);
         assert_eq!(route(&Method::GET, "/metrics"), Routed::StatusPage);

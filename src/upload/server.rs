@@ -88,11 +88,19 @@ struct Shared {
 
 impl Shared {
     fn pages(&self) -> Arc<Endpoint> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
     }
 
     fn progress(&self) -> Arc<Progress> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
     }
 
     /// Fresh counters for a new upload.
