@@ -66,7 +66,7 @@ impl Pki {
         let pki = Pki { dir };
         pki.client("good", CLIENT_NAME, "ca");
         pki.client("wrong-cn", "someone.else", "ca");
-        pki.client("other-ca", CLIENT_NAME, "other-ca");
+        pki.client("foreign", CLIENT_NAME, "other-ca");
         pki
     }
 
@@ -241,9 +241,12 @@ impl Server {
         let started = Instant::now();
         loop {
             let text = self.log();
-            if let Some(rest) = text.split("listening on https://").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap();
-                return addr.rsplit(':').next().unwrap().parse().unwrap();
+            // Only a whole line: the write may be seen half done.
+            let line = text
+                .split_once("listening on https://")
+                .and_then(|(_, rest)| rest.split_once('\n'));
+            if let Some((addr, _)) = line {
+                return addr.trim().rsplit(':').next().unwrap().parse().unwrap();
             }
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("the upload server exited ({status}): {text}");
@@ -714,7 +717,7 @@ fn client_certificates_are_required_and_checked() {
     assert_eq!(anonymous.code, 401, "{anonymous:?}");
     let wrong_cn = curl(&server, &data, "/v1beta1/upload", Some((&pki, "wrong-cn")));
     assert_eq!(wrong_cn.code, 401, "{wrong_cn:?}");
-    let other_ca = curl(&server, &data, "/v1beta1/upload", Some((&pki, "other-ca")));
+    let other_ca = curl(&server, &data, "/v1beta1/upload", Some((&pki, "foreign")));
     assert_eq!(
         other_ca.code, 0,
         "a foreign CA's certificate must fail the handshake"

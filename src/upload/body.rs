@@ -77,8 +77,37 @@ impl Read for BodyReader {
     }
 }
 
-/// Sends the whole of `body` to `sender`, then [`Piece::End`]. Returns early
-/// (dropping the body) when the reader is gone.
+/// Most body bytes read and dropped after an early answer (see [`discard`]).
+pub const DISCARD_LIMIT: u64 = 4 << 20;
+/// Longest time spent on that.
+pub const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops what the client still sends after it was answered early
+/// (an error, 401, 503), up to [`DISCARD_LIMIT`] bytes and [`DISCARD_TIME`].
+/// Closing a socket with unread bytes makes the kernel send a reset, which
+/// can destroy the answer before the client reads it; clients stop sending
+/// once they see the answer, so this costs little. Returns the bytes dropped.
+pub async fn discard<B>(mut body: B) -> u64
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let mut dropped = 0u64;
+    let reading = async {
+        while dropped < DISCARD_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    dropped += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, reading).await;
+    dropped
+}
+
+/// Sends the whole of `body` to `sender`, then [`Piece::End`]. When the
+/// reader is gone (the upload ended early) the rest is [`discard`]ed.
 pub async fn feed<B>(mut body: B, sender: BodySender)
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
@@ -98,7 +127,12 @@ where
             }
         };
         let last = !matches!(piece, Piece::Data(_));
-        if sender.send(piece).await.is_err() || last {
+        if sender.send(piece).await.is_err() {
+            let dropped = discard(body).await;
+            tracing::info!("dropped {dropped} body bytes sent after the upload ended");
+            return;
+        }
+        if last {
             return;
         }
     }

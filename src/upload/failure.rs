@@ -11,6 +11,7 @@ use hyper::StatusCode;
 
 use crate::error::describe_chain;
 use crate::format::qcow2::Qcow2Error;
+use crate::format::raw::RawError;
 use crate::sink::SinkError;
 use crate::source::checksum::is_checksum_mismatch;
 
@@ -63,16 +64,42 @@ impl Failure {
 }
 
 fn is_capacity_problem(error: &(dyn StdError + 'static)) -> bool {
-    if matches!(
-        error.downcast_ref::<SinkError>(),
-        Some(SinkError::TargetTooSmall { .. })
-    ) {
-        return true;
+    if let Some(sink) = sink_error(error) {
+        return match sink {
+            SinkError::TargetTooSmall { .. } => true,
+            SinkError::Io { source, .. } => is_out_of_space(source),
+            SinkError::OutOfRange { .. } => false,
+        };
     }
     error
         .downcast_ref::<std::io::Error>()
-        .and_then(std::io::Error::raw_os_error)
+        .is_some_and(is_out_of_space)
+}
+
+fn is_out_of_space(error: &std::io::Error) -> bool {
+    error
+        .raw_os_error()
         .is_some_and(|code| code == libc::ENOSPC || code == libc::EDQUOT)
+}
+
+/// The sink error `error` is or wraps. The wrappers that show their inner
+/// error transparently hide it from `source()`, so they are opened here.
+fn sink_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a SinkError> {
+    if let Some(sink) = error.downcast_ref::<SinkError>() {
+        return Some(sink);
+    }
+    if let Some(Qcow2Error::Sink(sink)) = error.downcast_ref::<Qcow2Error>() {
+        return Some(sink);
+    }
+    if let Some(RawError::Sink(sink)) = error.downcast_ref::<RawError>() {
+        return Some(sink);
+    }
+    match error.downcast_ref::<crate::Error>() {
+        Some(crate::Error::Sink(sink)) => Some(sink),
+        Some(crate::Error::Raw(RawError::Sink(sink))) => Some(sink),
+        Some(crate::Error::Qcow2(Qcow2Error::Sink(sink))) => Some(sink),
+        _ => None,
+    }
 }
 
 /// True when `error`, a cause of it, or an error carried inside an
@@ -114,6 +141,15 @@ mod tests {
         assert!(f.body.starts_with(
             "Saving stream failed: effective image size is larger than the reported available storage: "
         ));
+    }
+
+    #[test]
+    fn a_too_small_volume_behind_transparent_wrappers_is_found() {
+        let error = crate::Error::Raw(RawError::Sink(SinkError::TargetTooSmall {
+            needed: 2,
+            available: 1,
+        }));
+        assert_eq!(Failure::from_error(&error).status, StatusCode::BAD_REQUEST);
     }
 
     #[test]

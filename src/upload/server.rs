@@ -365,11 +365,15 @@ async fn handle(
                     request.uri().path(),
                     shared.config.client_name
                 );
+                tokio::spawn(body::discard(request.into_body()));
                 return answer(StatusCode::UNAUTHORIZED, "");
             }
             let busy = match shared.begin() {
                 Ok(guard) => guard,
-                Err(code) => return answer(code, ""),
+                Err(code) => {
+                    tokio::spawn(body::discard(request.into_body()));
+                    return answer(code, "");
+                }
             };
             match upload(request, upload_route, busy, &shared).await {
                 Ok(()) => answer(StatusCode::OK, ""),
@@ -390,10 +394,37 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 async fn upload(
     request: Request<Incoming>,
     upload_route: UploadRoute,
-    mut busy: BusyGuard,
+    busy: BusyGuard,
     shared: &Arc<Shared>,
 ) -> Result<(), Failure> {
-    let headers = request.headers();
+    let (head, body) = request.into_parts();
+    match start_job(&head, upload_route, busy, shared) {
+        Ok(started) => run_job(started, body, &head, shared).await,
+        Err(failure) => {
+            tokio::spawn(body::discard(body));
+            Err(failure)
+        }
+    }
+}
+
+/// An upload accepted from its head, about to read its body.
+struct Started {
+    job: Job,
+    /// The multipart boundary of a form upload.
+    boundary: Option<String>,
+    busy: BusyGuard,
+    progress: Arc<Progress>,
+}
+
+/// The upload `head` asks for, with fresh progress counters, or the answer
+/// refusing it before its body is read.
+fn start_job(
+    head: &hyper::http::request::Parts,
+    upload_route: UploadRoute,
+    busy: BusyGuard,
+    shared: &Arc<Shared>,
+) -> Result<Started, Failure> {
+    let headers = &head.headers;
     let bad_request = |detail: String| Failure::new(StatusCode::BAD_REQUEST, &detail);
     let clone = CloneKind::from_header(header(headers, CONTENT_TYPE_HEADER));
     let content = match (clone, upload_route.body) {
@@ -430,11 +461,36 @@ async fn upload(
         expected,
         image_length: content_length.filter(|_| boundary.is_none()),
     };
+    Ok(Started {
+        job,
+        boundary,
+        busy,
+        progress,
+    })
+}
+
+/// Runs the upload on its own thread while feeding it `body`, and waits for
+/// its outcome.
+async fn run_job(
+    started: Started,
+    body: Incoming,
+    head: &hyper::http::request::Parts,
+    shared: &Arc<Shared>,
+) -> Result<(), Failure> {
+    let Started {
+        job,
+        boundary,
+        mut busy,
+        progress,
+    } = started;
     eprintln!(
         "upload started: {:?} via {}, {}",
-        content,
-        request.uri().path(),
-        content_length.map_or("length unknown".to_string(), |l| format!("{l} bytes"))
+        job.content,
+        head.uri.path(),
+        match progress.source_total() {
+            0 => "length unknown".to_string(),
+            length => format!("{length} bytes"),
+        }
     );
     let (sender, reader) = body::channel();
     let (result_tx, result_rx) = oneshot::channel();
@@ -461,17 +517,21 @@ async fn upload(
             drop(busy);
         })
         .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
-    let body = request.into_body();
     let feeding = async move {
         match boundary {
             Some(boundary) => multipart::feed_file_part(body, boundary, sender).await,
             None => body::feed(body, sender).await,
         }
     };
-    tokio::pin!(feeding);
+    let mut feeding = Box::pin(feeding);
     tokio::pin!(result_rx);
     let result = tokio::select! {
-        result = &mut result_rx => result,
+        result = &mut result_rx => {
+            // Ended before the body did: the rest is read and dropped in
+            // the background, so the answer reaches the client.
+            tokio::spawn(feeding);
+            result
+        }
         () = &mut feeding => (&mut result_rx).await,
     };
     let _ = finished_tx.send(());
