@@ -13,15 +13,16 @@
 #   WORKDIR  where images and targets go (default: ${TMPDIR:-/tmp}/diskimport-bench,
 #            shared with bench/compare-qemu.sh, whose 2 GiB qcow2 is reused)
 #   SIZE     virtual size of the filesystem image (default 2G)
-# env: BENCH_DROP_CACHES=0 to keep the page cache between steps.
+# env: BENCH_DROP_CACHES=0 to keep the page cache between steps;
+#      DISKIMPORT_BIN=PATH to use a built binary instead of building one.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-${TMPDIR:-/tmp}/diskimport-bench}
 size=${2:-2G}
 mkdir -p "$work"
-bin="$here/target/release/diskimport"
-(cd "$here" && cargo build --release --quiet)
+bin=${DISKIMPORT_BIN:-$here/target/release/diskimport}
+[ -n "${DISKIMPORT_BIN:-}" ] || (cd "$here" && cargo build --release --quiet)
 
 img="$work/fs-$size.qcow2"
 if [ ! -s "$img" ]; then

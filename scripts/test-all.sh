@@ -26,6 +26,7 @@ declare -A need=(
     [nginx]=nginx
     [tinyproxy]=tinyproxy
     [openssl]=openssl
+    [curl]=curl
     [python3]=python3
 )
 missing=()

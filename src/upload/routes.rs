@@ -63,9 +63,9 @@ pub fn route(method: &Method, path: &str) -> Routed {
         "upload-form-async" => (BodyKind::Form, true),
         _ => return Routed::NotFound,
     };
-    match method {
-        &Method::POST => Routed::Upload(UploadRoute { body, is_async }),
-        &Method::HEAD if is_async => Routed::AsyncProbe,
+    match *method {
+        Method::POST => Routed::Upload(UploadRoute { body, is_async }),
+        Method::HEAD if is_async => Routed::AsyncProbe,
         _ => Routed::WrongMethod,
     }
 }
