@@ -62,14 +62,16 @@ openssl x509 -req -in "$pki/client.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -
 
 # --- diskimport upload-server -------------------------------------------------
 root="$work/upload-root"
-rm -rf "$root"; mkdir -p "$root/data" "$root/dev" "$root/scratch"; : > "$root/dev/termination-log"
+rm -rf "$root" "$work/server.pid" "$work/server.log"; mkdir -p "$root/data" "$root/dev" "$root/scratch"; : > "$root/dev/termination-log"
 drop_caches
 env -i PATH="$PATH" TLS_KEY_FILE="$pki/server.key" TLS_CERT_FILE="$pki/server.crt" \
   CLIENT_CERT_FILE="$pki/ca.crt" CLIENT_NAME=client.upload-server.cdi.kubevirt.io \
   UPLOAD_IMAGE_SIZE="$size" FILESYSTEM_OVERHEAD=0 LISTEN_ADDRESS=127.0.0.1 LISTEN_PORT=0 \
-  bash -c '"$1" upload-server --root "$2" -alsologtostderr -v=1 2>"$3/server.log"; cat /proc/$$/io > "$3/server.io"' \
+  bash -c '"$1" upload-server --root "$2" -alsologtostderr -v=1 2>"$3/server.log" & echo $! > "$3/server.pid";
+           wait $!; cat /proc/$$/io > "$3/server.io"' \
   _ "$bin" "$root" "$work" &
 wrapper=$!
+trap 'kill "$(cat "$work/server.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
 port=
 for _ in $(seq 300); do
   port=$(sed -n 's/.*listening on https:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$work/server.log" 2>/dev/null || true)
@@ -79,7 +81,7 @@ done
 [ -n "$port" ] || { echo "the upload server did not start: $(cat "$work/server.log")"; exit 1; }
 curl -s -o "$work/reply" -w '%{http_code} %{time_total}\n' --cacert "$pki/ca.crt" \
   --cert "$pki/client.crt" --key "$pki/client.key" -H 'Content-Type: application/octet-stream' \
-  --data-binary @"$img" "https://127.0.0.1:$port/v1beta1/upload" > "$work/curl.out"
+  -X POST -T "$img" "https://127.0.0.1:$port/v1beta1/upload" > "$work/curl.out" || true
 wait "$wrapper"
 read -r code upload_time < "$work/curl.out"
 [ "$code" = 200 ] || { echo "upload failed: $code $(cat "$work/reply")"; exit 1; }
