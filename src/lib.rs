@@ -20,6 +20,7 @@ pub mod status;
 pub mod stream;
 pub mod tar_guard;
 pub mod tools;
+pub mod upload;
 
 pub use error::Error;
 pub use extent::{Extent, ExtentKind};

@@ -94,6 +94,18 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         flags: Vec<std::ffi::OsString>,
     },
+    /// Serve CDI's upload and clone-target routes over TLS from the
+    /// environment the upload controller sets (TLS_KEY_FILE, TLS_CERT_FILE,
+    /// CLIENT_CERT_FILE, CLIENT_NAME, UPLOAD_IMAGE_SIZE, DEADLINE, ...),
+    /// converting each body in the stream; exits after the first successful
+    /// upload or at the deadline. What runs when the binary is started as
+    /// `cdi-uploadserver`.
+    UploadServer {
+        /// Directory that CDI's paths (/data, /dev/cdi-block-volume,
+        /// /scratch, /dev/termination-log) are taken relative to.
+        #[arg(long, env = "DISKIMPORT_ROOT", default_value = "/")]
+        root: PathBuf,
+    },
     /// Describe SOURCE: format, compression, virtual size, allocation.
     Info {
         /// Image to read: a file path, or - for standard input.
@@ -260,7 +272,10 @@ fn main() -> ExitCode {
         (None, None) => {}
     }
     let as_importer = by_name == Some(programs::Program::Importer);
-    let cli = Cli::parse_from(klog_compatible_args(args.into_iter(), as_importer));
+    let cli = Cli::parse_from(klog_compatible_args(
+        named_upload_server(args.into_iter()).into_iter(),
+        as_importer,
+    ));
     let result = match cli.command {
         Command::ContainerimageServer { flags } => {
             return programs::Program::ContainerImageServer.run(&name, &flags)
@@ -292,6 +307,7 @@ fn main() -> ExitCode {
             status_port,
             status_addr,
         } => return import(&root, std::net::SocketAddr::new(status_addr, status_port)),
+        Command::UploadServer { root } => return upload_server(&root),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -330,7 +346,7 @@ fn klog_compatible_args(
     }
     let has_subcommand = kept.get(1).is_some_and(|a| {
         let a = a.to_string_lossy();
-        ["convert", "info", "import", "help"].contains(&a.as_ref())
+        ["convert", "info", "import", "upload-server", "help"].contains(&a.as_ref())
             || a == "--help"
             || a == "-h"
             || a == "--version"
@@ -340,6 +356,36 @@ fn klog_compatible_args(
         kept.insert(1.min(kept.len()), "import".into());
     }
     kept
+}
+
+/// Started as `cdi-uploadserver` (CDI's image entrypoint): the
+/// `upload-server` subcommand.
+fn named_upload_server(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = args.collect();
+    let name = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name().map(|n| n.to_owned()));
+    if name.is_some_and(|n| n == "cdi-uploadserver") {
+        args.insert(1, "upload-server".into());
+    }
+    args
+}
+
+/// The upload server's process: exit 0 once the termination message is
+/// written, 1 when it could not serve.
+fn upload_server(root: &std::path::Path) -> ExitCode {
+    use diskimport::upload::{run_upload_server, Exit};
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    match run_upload_server(&env, root) {
+        Exit::Done(message) => {
+            eprintln!("{message}");
+            ExitCode::SUCCESS
+        }
+        Exit::Failed(text) => {
+            eprintln!("error: {text}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The importer pod's entrypoint: runs the import, writes the termination

@@ -147,9 +147,7 @@ fn convert_image(
         Probed::Reader(reader) => reader,
         Probed::Unsupported(name) => return Err(Error::UnsupportedFormat(name)),
     };
-    reader
-        .convert(stream, sink, options)
-        .map_err(image_error)
+    reader.convert(stream, sink, options).map_err(image_error)
 }
 
 /// Converts the disk an OVA yields: probed like any image (an OVA inside is

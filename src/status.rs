@@ -337,15 +337,17 @@ impl Collector for CountersCollector {
     }
 }
 
-/// Everything a request needs.
+/// Everything a request needs: the pages of the endpoint over one import's
+/// (or upload's) progress, for servers that serve them on their own port.
 #[derive(Debug)]
-struct Endpoint {
+pub struct Endpoint {
     state: Arc<StatusState>,
     registry: Registry,
 }
 
 impl Endpoint {
-    fn new(state: Arc<StatusState>) -> Endpoint {
+    /// The pages over `state`.
+    pub fn new(state: Arc<StatusState>) -> Endpoint {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(CountersCollector(state.clone())));
         Endpoint { state, registry }
@@ -367,7 +369,14 @@ impl Endpoint {
         body
     }
 
-    fn respond(&self, path: &str) -> Response<Full<Bytes>> {
+    /// Records the byte counters for the throughput; call every
+    /// half-second or so while serving.
+    pub fn sample(&self) {
+        self.state.sample();
+    }
+
+    /// The answer for `path` (`/healthz`, `/status`, anything else: metrics).
+    pub fn respond(&self, path: &str) -> Response<Full<Bytes>> {
         let (content_type, body) = match path {
             "/healthz" => ("text/plain; charset=utf-8", "ok".to_string()),
             "/status" => (

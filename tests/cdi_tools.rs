@@ -320,11 +320,19 @@ const SIZED: &[(&str, &[&str], &str)] = &[
     ("qcow2", &[], "8M"),
     ("qcow2", &["-o", "cluster_size=4096"], "10G"),
     ("qcow2", &["-o", "compat=0.10"], "3000000"),
+    ("vmdk", &[], "8M"),
+    ("vmdk", &["-o", "subformat=streamOptimized"], "10G"),
+    ("vhdx", &[], "8M"),
+    ("vhdx", &["-o", "block_size=1M"], "3000000"),
+    ("vdi", &[], "8M"),
+    ("vdi", &["-o", "static=on"], "3000000"),
+    ("vpc", &[], "8M"),
+    ("vpc", &["-o", "subformat=fixed"], "3000000"),
 ];
 
-/// Formats the library does not read yet: refused as an invalid file (2).
-/// Move a row to [`SIZED`] when its reader lands.
-const REFUSED: &[&str] = &["vmdk", "vhdx", "vdi", "vpc"];
+/// Formats the library does not read: refused as an invalid file (2). Move a
+/// row to [`SIZED`] when its reader lands.
+const REFUSED: &[&str] = &["qed", "parallels"];
 
 fn detect(root: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().unwrap();

@@ -79,7 +79,10 @@ const CORPUS: &[(&str, Expect)] = &[
     ("cdi/cirros-snapshot2.qcow2", Refuse(BACKING)),
     ("virtnbdbackup/vm6-sda.qcow2", Refuse(DATA_FILE)),
     ("libqcow/file_header.1", Refuse(TRUNCATED)), // L1 table past EOF
-    ("cdi/invalid-qcow-large-memory.img", Refuse(&["granularity"])), // a VMDK memory bomb
+    (
+        "cdi/invalid-qcow-large-memory.img",
+        Refuse(&["granularity"]),
+    ), // a VMDK memory bomb
     ("qemu-sample-images/afl5.img", Refuse(TRUNCATED)), // fuzzed VHD header, 1028 bytes
     (
         "qemu-sample-images/afl9.vmdk",

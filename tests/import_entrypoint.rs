@@ -126,6 +126,24 @@ fn serve_image() -> Option<Served> {
         vhdx.to_str().unwrap(),
     ]);
     assert!(run.ok(), "{}", run.describe());
+    for (file, format, options) in [
+        ("disk.vmdk", "vmdk", "subformat=streamOptimized"),
+        ("disk.vdi", "vdi", "static=off"),
+    ] {
+        let out = www.join(file);
+        let run = qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            format,
+            "-o",
+            options,
+            raw.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        assert!(run.ok(), "{}", run.describe());
+    }
     let oracle = dir.path().join("oracle.raw");
     let run = qemu_img(&[
         "convert",
@@ -154,6 +172,16 @@ fn http_import_to_a_filesystem_volume_matches_qemu_img_and_fills_the_volume() {
 #[test]
 fn http_import_of_a_vhdx_to_a_filesystem_volume_matches_qemu_img() {
     import_to_a_filesystem_volume("disk.vhdx");
+}
+
+#[test]
+fn http_import_of_a_vmdk_to_a_filesystem_volume_matches_qemu_img() {
+    import_to_a_filesystem_volume("disk.vmdk");
+}
+
+#[test]
+fn http_import_of_a_vdi_to_a_filesystem_volume_matches_qemu_img() {
+    import_to_a_filesystem_volume("disk.vdi");
 }
 
 fn import_to_a_filesystem_volume(file: &str) {
@@ -359,6 +387,16 @@ fn http_import_to_a_block_volume_on_a_4k_loop_device_matches_qemu_img() {
 #[test]
 fn http_import_of_a_vhdx_to_a_block_volume_on_a_4k_loop_device_matches_qemu_img() {
     import_to_a_4k_block_volume("disk.vhdx");
+}
+
+#[test]
+fn http_import_of_a_vmdk_to_a_block_volume_on_a_4k_loop_device_matches_qemu_img() {
+    import_to_a_4k_block_volume("disk.vmdk");
+}
+
+#[test]
+fn http_import_of_a_vdi_to_a_block_volume_on_a_4k_loop_device_matches_qemu_img() {
+    import_to_a_4k_block_volume("disk.vdi");
 }
 
 fn import_to_a_4k_block_volume(file: &str) {

@@ -195,7 +195,7 @@ pub fn under_root(root: &Path, path: &str) -> PathBuf {
 }
 
 /// Go's `strconv.ParseBool`, with the empty string as false.
-fn parse_go_bool(text: &str) -> Option<bool> {
+pub fn parse_go_bool(text: &str) -> Option<bool> {
     match text {
         "" | "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),

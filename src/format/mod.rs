@@ -15,8 +15,8 @@ pub mod raw;
 pub mod registry;
 pub mod sniff;
 pub mod summary;
-pub mod vhd;
 pub mod vdi;
+pub mod vhd;
 pub mod vhdx;
 pub mod vmdk;
 

@@ -30,9 +30,9 @@
 pub mod aligned;
 pub mod block;
 pub mod file;
+pub mod hold_back;
 #[cfg(test)]
 pub mod memory;
-pub mod hold_back;
 pub mod null;
 pub mod threaded;
 pub mod zero_detect;

@@ -227,7 +227,8 @@ pub fn top_manifest_digest(spec: &str, options: &SourceOptions) -> Result<String
         arch: None,
         progress,
     };
-    let body = block_on(async {
+    let job = Arc::new(job);
+    let body = block_on(async move {
         let api = RegistryApi::connect(
             job.net.clone(),
             job.reference.resolve_registry(),

@@ -121,7 +121,10 @@ pub fn virtual_size(path: &Path) -> Result<u64, SizeError> {
     // Any other format: the info path, which reads the image the way an
     // import does and reports (or refuses) what it found. Unclaimed qcow2
     // bytes spill next to the image (the pod has no /tmp; /data is writable).
+    // Only the tables are read: the size is in the header, the allocation in
+    // the tables, and the data is not needed.
     let options = ConvertOptions {
+        metadata_only: true,
         scratch_dir: path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -137,7 +140,7 @@ pub fn virtual_size(path: &Path) -> Result<u64, SizeError> {
         Arc::new(Progress::default()),
     )
     .map_err(|e| invalid(describe_chain(&e)))?;
-    Ok(report.virtual_size)
+    Ok(report.virtual_size())
 }
 
 /// Writes `size` as CDI's termination message: a bare decimal, no newline.

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_diskimport");
 
