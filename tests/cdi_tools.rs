@@ -357,8 +357,17 @@ fn cdi_root() -> tempfile::TempDir {
     root
 }
 
-fn qemu_virtual_size(path: &Path) -> u64 {
-    let info = qemu_img(&["info", "--output=json", path.to_str().unwrap()]);
+/// qemu-img's virtual size of `path` read as `format` (named, not probed: qemu's
+/// probe takes a fixed VHD for raw, footer included, where diskimport strips the
+/// footer as `-f vpc` does; README says so).
+fn qemu_virtual_size(path: &Path, format: &str) -> u64 {
+    let info = qemu_img(&[
+        "info",
+        "-f",
+        format,
+        "--output=json",
+        path.to_str().unwrap(),
+    ]);
     assert!(info.ok(), "{}", info.describe());
     let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     v["virtual-size"].as_u64().unwrap()
@@ -380,7 +389,7 @@ fn size_detection_reports_qemu_imgs_virtual_size_for_every_format_read() {
             let mut f = fs::OpenOptions::new().write(true).open(&disk).unwrap();
             f.write_all(b"data at the start").unwrap();
         }
-        let expected = qemu_virtual_size(&disk);
+        let expected = qemu_virtual_size(&disk, format);
         let (code, message, stderr) = detect(root.path(), &["-image-path", "/data/disk.img"]);
         if code != Some(0) || message != expected.to_string() {
             failures.push(format!(

@@ -391,22 +391,20 @@ fn checksum_mismatch_on_a_4k_sector_device_leaves_its_edges_zero() {
 // ---- a raw stream's trailer is judged before its tail reaches the device ---------------
 
 #[test]
-fn a_fixed_vhd_served_as_raw_is_refused_and_never_written_as_a_disk() {
+fn a_dmg_served_as_raw_is_refused_and_never_written_as_a_disk() {
     let Some(_) = ready() else { return };
     let image = make_image(6, 8);
-    // A fixed VHD is raw bytes with a 512-byte footer at the end: recognized
-    // only there, after everything before it streamed through.
-    let vhd = image.dir.path().join("disk.vhd");
-    let run = qemu_img(&[
-        "convert",
-        "-O",
-        "vpc",
-        "-o",
-        "subformat=fixed",
-        image.oracle.to_str().unwrap(),
-        vhd.to_str().unwrap(),
-    ]);
-    assert!(run.ok(), "{}", run.describe());
+    // A DMG (UDIF) is recognized only by its 512-byte "koly" trailer at the end,
+    // after everything before it streamed through as raw bytes. (A fixed VHD,
+    // recognized the same way, is converted: its footer is dropped.)
+    let dmg = image.dir.path().join("disk.dmg");
+    let mut bytes = fs::read(&image.oracle).unwrap();
+    let mut trailer = vec![0u8; 512];
+    trailer[..4].copy_from_slice(b"koly");
+    trailer[4..8].copy_from_slice(&4u32.to_be_bytes());
+    trailer[8..12].copy_from_slice(&512u32.to_be_bytes());
+    bytes.extend_from_slice(&trailer);
+    fs::write(&dmg, &bytes).unwrap();
     let backing = image.dir.path().join("device.img");
     fs::File::create(&backing)
         .unwrap()
@@ -414,9 +412,9 @@ fn a_fixed_vhd_served_as_raw_is_refused_and_never_written_as_a_disk() {
         .unwrap();
     let device = Loop::attach(&backing, 4096);
     device.fill_random();
-    let run = common::convert(&vhd, &device.device, &[]);
+    let run = common::convert(&dmg, &device.device, &[]);
     assert!(!run.ok(), "{}", run.describe());
-    assert!(run.stderr.contains("vhd"), "{}", run.describe());
+    assert!(run.stderr.contains("dmg"), "{}", run.describe());
     assert_eq!(
         device.edges_nonzero(),
         (0, 0),

@@ -443,8 +443,18 @@ fn import_to_a_4k_block_volume(file: &str) {
 fn sigterm_stops_an_import_promptly_and_a_second_attempt_starts_cleanly() {
     let Some(served) = serve_image() else { return };
     let root = Root::new();
-    // /slow/ is throttled (256 KiB/s after 64 KiB): the import is still running.
-    let slow = format!("{}slow/disk.qcow2", served.base);
+    // /slow/ is throttled (256 KiB/s after 64 KiB): 4 MiB of incompressible bytes
+    // take many seconds, so the import is still running when it is signalled.
+    let mut noise = vec![0u8; 4 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in noise.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    fs::write(served.www.join("noise.raw"), &noise).unwrap();
+    let slow = format!("{}slow/noise.raw", served.base);
     let mut import = common::WatchedImport::spawn(root.command(&[("IMPORTER_ENDPOINT", &slow)]));
     // Mid-transfer: bytes arrived, not all of them.
     let transferring = import.wait_for("mid-transfer", |s| {

@@ -5,14 +5,17 @@ use super::{ExtentSink, SinkError, SinkSummary};
 use crate::extent::{Extent, ExtentKind};
 
 /// Records extents into a flat buffer of the virtual size.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct MemorySink {
     /// The disk as written; bytes never written read 0xEE.
     pub disk: Vec<u8>,
+    /// `set_size` was called (the sink was touched).
+    pub sized: bool,
 }
 
 impl ExtentSink for MemorySink {
     fn set_size(&mut self, size: u64) -> Result<(), SinkError> {
+        self.sized = true;
         // Not zero: zero extents must really be written. Sizes beyond what a
         // test image needs are only bounds-checked.
         if size <= 1 << 30 {

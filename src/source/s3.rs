@@ -623,6 +623,7 @@ impl S3Opener {
             },
             _ if chain_has::<rustls::Error>(&error) => NetError::Tls {
                 url,
+                hint: crate::source::system_roots::missing_hint(),
                 source: Box::new(error),
             },
             _ if transient(&error) => NetError::Transport {

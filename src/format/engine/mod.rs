@@ -25,7 +25,6 @@
 //! - `runs`: merging pieces into runs.
 //! - `map`: the allocation map.
 //! - `error`: [`StreamError`] and the format-naming [`ImageError`].
-//! - `test_sink` (tests only): an in-memory sink for format unit tests.
 
 pub mod bitmap;
 pub mod codec;
@@ -36,8 +35,6 @@ pub mod map;
 mod ranges;
 mod retained;
 mod runs;
-#[cfg(test)]
-pub mod test_sink;
 
 use std::path::PathBuf;
 

@@ -6,35 +6,9 @@ use bytes::Bytes;
 
 use super::header::checksum;
 use super::{convert_stream, fixed_vhd_footer, Footer, VhdError};
-use crate::extent::{Extent, ExtentKind};
 use crate::format::engine::{ImageError, StreamError, StreamOptions};
-use crate::sink::{ExtentSink, SinkError, SinkSummary};
+use crate::sink::memory::MemorySink;
 use crate::stream::ChunkStream;
-
-/// Records extents into a buffer of the virtual size, pre-filled with 0xEE so
-/// that zero extents must really be written.
-#[derive(Default)]
-struct MemorySink {
-    disk: Vec<u8>,
-}
-
-impl ExtentSink for MemorySink {
-    fn set_size(&mut self, size: u64) -> Result<(), SinkError> {
-        self.disk = vec![0xEE; size as usize];
-        Ok(())
-    }
-    fn write(&mut self, extent: Extent) -> Result<(), SinkError> {
-        let at = extent.guest_offset as usize;
-        match extent.kind {
-            ExtentKind::Data(b) => self.disk[at..at + b.len()].copy_from_slice(&b),
-            ExtentKind::Zero(n) => self.disk[at..at + n as usize].fill(0),
-        }
-        Ok(())
-    }
-    fn finish(&mut self) -> Result<SinkSummary, SinkError> {
-        Ok(SinkSummary::default())
-    }
-}
 
 fn footer(disk_type: u32, creator: &[u8; 4], current_size: u64, chs: (u16, u8, u8)) -> Vec<u8> {
     let mut f = vec![0u8; 512];

@@ -8,8 +8,8 @@ use std::io::Write;
 use bytes::Bytes;
 
 use super::{convert_stream, VmdkError};
-use crate::format::engine::test_sink::MemorySink;
 use crate::format::engine::{ImageError, StreamOptions};
+use crate::sink::memory::MemorySink;
 use crate::stream::ChunkStream;
 
 const GRAIN_SECTORS: u64 = 8;

@@ -37,10 +37,13 @@ pub enum NetError {
         detail: Option<String>,
     },
     /// TLS failed: an untrusted or invalid certificate, or a handshake error.
-    #[error("TLS with {url} failed")]
+    /// `hint` says when the system has no CA certificates at all.
+    #[error("TLS with {url} failed{}", .hint.map(|h| format!(" ({h})")).unwrap_or_default())]
     Tls {
         /// Where.
         url: DisplayUrl,
+        /// Why the system roots could not have helped, if they are missing.
+        hint: Option<&'static str>,
         /// The cause.
         #[source]
         source: BoxError,
@@ -135,6 +138,7 @@ impl NetError {
         if chain_has::<rustls::Error>(&error) {
             return NetError::Tls {
                 url: url.clone(),
+                hint: crate::source::system_roots::missing_hint(),
                 source: Box::new(error),
             };
         }

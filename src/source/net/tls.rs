@@ -78,9 +78,11 @@ impl TlsPolicy {
             .http1_only()
             .tcp_nodelay(true)
             .connect_timeout(CONNECT_TIMEOUT);
-        if !certs.is_empty() {
-            builder = builder.tls_certs_merge(certs);
-        }
+        // An explicit root set (the system's, if any, and the CA directories):
+        // reqwest's default refuses to build a client at all when the system has
+        // no CA bundle, which would break plain http and https with a CA
+        // directory in a FROM-scratch image (see `source::system_roots`).
+        builder = builder.tls_certs_only(crate::source::system_roots::with_system(certs));
         if self.insecure {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
@@ -116,7 +118,7 @@ pub fn load_ca_dir(dir: &Path, only_crt_and_pem: bool) -> Result<Vec<Certificate
         // A certificate rustls cannot parse fails here, by file name, not at
         // the first handshake.
         reqwest::Client::builder()
-            .tls_certs_merge(found.clone())
+            .tls_certs_only(found.clone())
             .build()
             .map_err(|e| {
                 err(
