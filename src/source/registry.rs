@@ -165,23 +165,7 @@ pub fn open(
     options: &SourceOptions,
     progress: &Arc<Progress>,
 ) -> Result<Box<dyn Read + Send>, RegistryError> {
-    let reference = parse_reference(spec)?;
-    let net = Arc::new(Net::new(options, CaFiles::CrtAndPem, progress)?);
-    let credentials = match (&options.username, &options.password) {
-        (Some(user), Some(pass)) if !user.is_empty() && !pass.is_empty() => {
-            Some((user.clone(), pass.clone()))
-        }
-        _ => None,
-    };
-    let job = Job {
-        display: reference.whole(),
-        reference,
-        net,
-        credentials,
-        insecure: options.insecure,
-        arch: options.arch.as_deref().map(normalize_arch),
-        progress: progress.clone(),
-    };
+    let job = Job::new(spec, options, progress)?;
     let (found_tx, found_rx) = sync_channel(1);
     let (disk_tx, disk_rx) = sync_channel(DISK_QUEUE);
     std::thread::Builder::new()
@@ -209,25 +193,7 @@ pub fn open(
 /// update poller compares. Same credentials, CA and proxy handling as [`open`].
 pub fn top_manifest_digest(spec: &str, options: &SourceOptions) -> Result<String, RegistryError> {
     use sha2::{Digest, Sha256};
-    let reference = parse_reference(spec)?;
-    let progress = Arc::new(Progress::default());
-    let net = Arc::new(Net::new(options, CaFiles::CrtAndPem, &progress)?);
-    let credentials = match (&options.username, &options.password) {
-        (Some(user), Some(pass)) if !user.is_empty() && !pass.is_empty() => {
-            Some((user.clone(), pass.clone()))
-        }
-        _ => None,
-    };
-    let job = Job {
-        display: reference.whole(),
-        reference,
-        net,
-        credentials,
-        insecure: options.insecure,
-        arch: None,
-        progress,
-    };
-    let job = Arc::new(job);
+    let job = Arc::new(Job::new(spec, options, &Arc::new(Progress::default()))?);
     let body = block_on(async move {
         let api = RegistryApi::connect(
             job.net.clone(),
@@ -408,6 +374,31 @@ type FoundSender = SyncSender<Result<FoundDisk, RegistryError>>;
 type DiskSender = SyncSender<io::Result<Bytes>>;
 
 impl Job {
+    /// The pull of `spec` with the credentials, CA and proxy of `options`.
+    fn new(
+        spec: &str,
+        options: &SourceOptions,
+        progress: &Arc<Progress>,
+    ) -> Result<Job, RegistryError> {
+        let reference = parse_reference(spec)?;
+        let net = Arc::new(Net::new(options, CaFiles::CrtAndPem, progress)?);
+        let credentials = match (&options.username, &options.password) {
+            (Some(user), Some(pass)) if !user.is_empty() && !pass.is_empty() => {
+                Some((user.clone(), pass.clone()))
+            }
+            _ => None,
+        };
+        Ok(Job {
+            display: reference.whole(),
+            reference,
+            net,
+            credentials,
+            insecure: options.insecure,
+            arch: options.arch.as_deref().map(normalize_arch),
+            progress: progress.clone(),
+        })
+    }
+
     fn run(self, found_tx: FoundSender, disk_tx: DiskSender) {
         let job = Arc::new(self);
         let resolved = {
