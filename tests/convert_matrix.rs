@@ -14,7 +14,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use common::*;
@@ -57,26 +56,7 @@ static MATRIX: OnceLock<Matrix> = OnceLock::new();
 
 fn matrix() -> &'static Matrix {
     MATRIX.get_or_init(|| {
-        let dir = match std::env::var_os("DISKIMPORT_MATRIX_DIR") {
-            Some(d) => PathBuf::from(d),
-            None => {
-                let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("convert_matrix");
-                let _ = std::fs::remove_dir_all(&dir);
-                let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/make_matrix.sh");
-                let out = Command::new("bash")
-                    .arg(script)
-                    .arg(&dir)
-                    .output()
-                    .expect("run testdata/make_matrix.sh");
-                assert!(
-                    out.status.success(),
-                    "testdata/make_matrix.sh failed: {}\n{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                dir
-            }
-        };
+        let dir = generated_matrix("DISKIMPORT_MATRIX_DIR", "convert_matrix", "make_matrix.sh");
         let manifest = std::fs::read_to_string(dir.join("manifest.txt"))
             .unwrap_or_else(|e| panic!("{}/manifest.txt: {e}", dir.display()));
         let entries = manifest

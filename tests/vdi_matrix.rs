@@ -13,8 +13,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use common::loop_device::LoopDevice;
@@ -62,26 +61,11 @@ static MATRIX: OnceLock<Matrix> = OnceLock::new();
 
 fn matrix() -> &'static Matrix {
     MATRIX.get_or_init(|| {
-        let dir = match std::env::var_os("DISKIMPORT_VDI_MATRIX_DIR") {
-            Some(d) => PathBuf::from(d),
-            None => {
-                let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vdi_matrix");
-                let _ = std::fs::remove_dir_all(&dir);
-                let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/make_vdi_matrix.sh");
-                let out = Command::new("bash")
-                    .arg(script)
-                    .arg(&dir)
-                    .output()
-                    .expect("run testdata/make_vdi_matrix.sh");
-                assert!(
-                    out.status.success(),
-                    "testdata/make_vdi_matrix.sh failed: {}\n{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                dir
-            }
-        };
+        let dir = generated_matrix(
+            "DISKIMPORT_VDI_MATRIX_DIR",
+            "vdi_matrix",
+            "make_vdi_matrix.sh",
+        );
         let manifest = std::fs::read_to_string(dir.join("manifest.txt")).unwrap();
         let entries = manifest
             .lines()

@@ -66,26 +66,11 @@ static MATRIX: OnceLock<Matrix> = OnceLock::new();
 
 fn matrix() -> &'static Matrix {
     MATRIX.get_or_init(|| {
-        let dir = match std::env::var_os("DISKIMPORT_VHDX_MATRIX_DIR") {
-            Some(d) => PathBuf::from(d),
-            None => {
-                let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vhdx_matrix");
-                let _ = std::fs::remove_dir_all(&dir);
-                let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/make_vhdx_matrix.sh");
-                let out = Command::new("bash")
-                    .arg(script)
-                    .arg(&dir)
-                    .output()
-                    .expect("run testdata/make_vhdx_matrix.sh");
-                assert!(
-                    out.status.success(),
-                    "testdata/make_vhdx_matrix.sh failed: {}\n{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                dir
-            }
-        };
+        let dir = generated_matrix(
+            "DISKIMPORT_VHDX_MATRIX_DIR",
+            "vhdx_matrix",
+            "make_vhdx_matrix.sh",
+        );
         let manifest = std::fs::read_to_string(dir.join("manifest.txt"))
             .unwrap_or_else(|e| panic!("{}/manifest.txt: {e}", dir.display()));
         let entries = manifest

@@ -462,3 +462,29 @@ pub fn finish(what: &str, failures: Vec<String>) {
         );
     }
 }
+
+/// The directory of a generated test matrix: `$env` when set (a matrix made
+/// earlier), else `testdata/SCRIPT` run into a fresh `name` directory under
+/// Cargo's test temporary directory. The script's failure fails the test.
+pub fn generated_matrix(env: &str, name: &str, script: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(env) {
+        return PathBuf::from(dir);
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(script);
+    let out = Command::new("bash")
+        .arg(&path)
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("run testdata/{script}: {e}"));
+    assert!(
+        out.status.success(),
+        "testdata/{script} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
