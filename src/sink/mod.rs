@@ -1,5 +1,7 @@
 //! Sinks: where extents land. The [`ExtentSink`] trait is what every target
-//! implements: `file` (sparse regular file), `block` (O_DIRECT block device);
+//! implements: `file` (sparse regular file, O_DIRECT where the file system
+//! allows it: `direct_file`), `block` (O_DIRECT block device); both write
+//! through a `write_pool` of writer threads;
 //! `null` counts and drops; `threaded` moves any sink to a writer thread;
 //! `hold_back` keeps a target's first and last MiB until every check passed;
 //! `memory` (unit tests only) keeps the whole disk in a buffer.
@@ -29,12 +31,14 @@
 
 pub mod aligned;
 pub mod block;
+pub mod direct_file;
 pub mod file;
 pub mod hold_back;
 #[cfg(test)]
 pub mod memory;
 pub mod null;
 pub mod threaded;
+pub mod write_pool;
 pub mod zero_detect;
 
 use crate::extent::Extent;

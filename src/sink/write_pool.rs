@@ -1,0 +1,297 @@
+//! A small pool of writer threads for direct I/O: aligned buffers are filled
+//! by the sink and written by `WRITERS` threads with positional writes, so
+//! that several writes are in flight while the next buffer is being filled
+//! (O_DIRECT writes wait for the device; one at a time leaves it idle between
+//! them).
+//!
+//! The sink contract allows extents in any order, so the writes of different
+//! buffers are not ordered among each other. What needs an order waits for
+//! it: [`WritePool::drain`] returns once every submitted write completed (the
+//! sinks call it before a read-modify-write of a partial block, a zero ioctl,
+//! a flush, and before the held-back edges are written). The first error a
+//! writer hits is returned by the next call on the pool; later writes are
+//! skipped.
+//!
+//! A write may skip the all-zero [`ZERO_BLOCK`](super::zero_detect::ZERO_BLOCK)s
+//! of its buffer (file targets: they stay holes); the scan then runs on the
+//! writer thread too.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use super::aligned::AlignedBuf;
+use super::zero_detect::for_each_nonzero_run;
+
+/// Writer threads per pool.
+pub const WRITERS: usize = 3;
+/// Buffers per pool: one being filled while the others are written.
+pub const BUFFERS: usize = WRITERS + 1;
+
+/// One write: `len` bytes of `buffer` to file offset `offset`.
+struct Job {
+    buffer: AlignedBuf,
+    offset: u64,
+    len: usize,
+    /// Leave all-zero blocks unwritten (holes), writing only the other runs.
+    skip_zero_blocks: bool,
+}
+
+/// What a writer hands back: the buffer, and the bytes written or the error.
+type Done = (AlignedBuf, io::Result<u64>);
+
+/// Writer threads on one file, and the buffers they write.
+pub struct WritePool {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    workers: Vec<JoinHandle<()>>,
+    /// Buffers not in flight.
+    free: Vec<AlignedBuf>,
+    /// Buffers allocated so far (at most [`BUFFERS`]).
+    allocated: usize,
+    buffer_len: usize,
+    align: usize,
+    in_flight: usize,
+    /// The first write error, returned by the next call.
+    failed: Option<io::Error>,
+    /// Bytes the writers wrote (zero blocks skipped are not counted).
+    written: u64,
+}
+
+impl WritePool {
+    /// A pool writing to `file` from buffers of `buffer_len` bytes aligned
+    /// to `align`. Buffers are allocated as they are first needed.
+    pub fn new(file: &File, buffer_len: usize, align: usize) -> io::Result<Self> {
+        let (jobs, job_receiver) = channel::<Job>();
+        let (done_sender, done) = channel::<Done>();
+        let job_receiver = Arc::new(Mutex::new(job_receiver));
+        let mut workers = Vec::with_capacity(WRITERS);
+        for i in 0..WRITERS {
+            let file = file.try_clone()?;
+            let job_receiver = job_receiver.clone();
+            let done_sender = done_sender.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("direct-write-{i}"))
+                .spawn(move || loop {
+                    let job = match job_receiver.lock() {
+                        Ok(receiver) => receiver.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let result = write_job(&file, &job);
+                    if done_sender.send((job.buffer, result)).is_err() {
+                        return;
+                    }
+                })?;
+            workers.push(worker);
+        }
+        Ok(WritePool {
+            jobs: Some(jobs),
+            done,
+            workers,
+            free: Vec::with_capacity(BUFFERS),
+            allocated: 0,
+            buffer_len: buffer_len.next_multiple_of(align),
+            align,
+            in_flight: 0,
+            failed: None,
+            written: 0,
+        })
+    }
+
+    /// Length of every buffer.
+    pub fn buffer_len(&self) -> usize {
+        self.buffer_len
+    }
+
+    /// A buffer to fill: a free one, a new one, or the next one a writer
+    /// hands back. Its contents are whatever was last written from it.
+    pub fn take(&mut self) -> io::Result<AlignedBuf> {
+        self.check()?;
+        if let Some(buffer) = self.free.pop() {
+            return Ok(buffer);
+        }
+        if self.allocated < BUFFERS {
+            self.allocated += 1;
+            return Ok(AlignedBuf::new(self.buffer_len, self.align));
+        }
+        self.wait_one()?;
+        self.check()?;
+        Ok(self
+            .free
+            .pop()
+            .expect("a completed write returns its buffer"))
+    }
+
+    /// Gives back a buffer without writing it.
+    pub fn give_back(&mut self, buffer: AlignedBuf) {
+        self.free.push(buffer);
+    }
+
+    /// Queues the write of `buffer[..len]` at `offset` (both aligned for
+    /// direct I/O by the caller). With `skip_zero_blocks`, all-zero blocks
+    /// are left unwritten.
+    pub fn submit(
+        &mut self,
+        buffer: AlignedBuf,
+        offset: u64,
+        len: usize,
+        skip_zero_blocks: bool,
+    ) -> io::Result<()> {
+        if let Err(e) = self.check() {
+            self.free.push(buffer);
+            return Err(e);
+        }
+        let job = Job {
+            buffer,
+            offset,
+            len,
+            skip_zero_blocks,
+        };
+        match self.jobs.as_ref().map(|jobs| jobs.send(job)) {
+            Some(Ok(())) => {
+                self.in_flight += 1;
+                Ok(())
+            }
+            Some(Err(returned)) => {
+                self.free.push(returned.0.buffer);
+                Err(io::Error::other("the writer threads stopped"))
+            }
+            None => Err(io::Error::other("the writer threads stopped")),
+        }
+    }
+
+    /// Waits until every submitted write completed; the first error of any.
+    pub fn drain(&mut self) -> io::Result<()> {
+        while self.in_flight > 0 {
+            self.wait_one()?;
+        }
+        self.check()
+    }
+
+    /// Bytes written by completed writes.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn wait_one(&mut self) -> io::Result<()> {
+        let (buffer, result) = self
+            .done
+            .recv()
+            .map_err(|_| io::Error::other("the writer threads stopped"))?;
+        self.in_flight -= 1;
+        self.free.push(buffer);
+        match result {
+            Ok(n) => self.written += n,
+            Err(e) => {
+                self.failed.get_or_insert(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The first error seen, once; the pool stays failed afterwards.
+    fn check(&mut self) -> io::Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(e) => Err(match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            }),
+        }
+    }
+}
+
+fn write_job(file: &File, job: &Job) -> io::Result<u64> {
+    let bytes = &job.buffer.as_slice()[..job.len];
+    if !job.skip_zero_blocks {
+        file.write_all_at(bytes, job.offset)?;
+        return Ok(job.len as u64);
+    }
+    let mut written = 0u64;
+    for_each_nonzero_run(bytes, job.offset, |start, len| {
+        written += len as u64;
+        file.write_all_at(&bytes[start..start + len], job.offset + start as u64)
+    })?;
+    Ok(written)
+}
+
+impl Drop for WritePool {
+    /// Waits for the writes in flight (their buffers must outlive them), then
+    /// stops the threads.
+    fn drop(&mut self) {
+        while self.in_flight > 0 && self.wait_one().is_ok() {}
+        self.jobs.take();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_land_in_any_order_and_zero_blocks_stay_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let len = 64 << 10;
+        file.set_len(16 * len as u64).unwrap();
+        let mut pool = WritePool::new(&file, len, 4096).unwrap();
+        for i in (0..16u64).rev() {
+            let mut buffer = pool.take().unwrap();
+            buffer.as_mut_slice().fill(0);
+            // Every other buffer has data only in its second half.
+            let from = if i % 2 == 0 { 0 } else { len / 2 };
+            buffer.as_mut_slice()[from..].fill(i as u8 + 1);
+            pool.submit(buffer, i * len as u64, len, true).unwrap();
+        }
+        pool.drain().unwrap();
+        assert_eq!(pool.written(), 8 * len as u64 + 8 * (len / 2) as u64);
+        assert!(pool.allocated <= BUFFERS);
+        let bytes = std::fs::read(&path).unwrap();
+        for i in 0..16usize {
+            let piece = &bytes[i * len..(i + 1) * len];
+            let from = if i % 2 == 0 { 0 } else { len / 2 };
+            assert!(piece[..from].iter().all(|b| *b == 0), "buffer {i}");
+            assert!(
+                piece[from..].iter().all(|b| *b == i as u8 + 1),
+                "buffer {i}"
+            );
+        }
+        use std::os::unix::fs::MetadataExt;
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(allocated < 16 * len as u64, "zero halves left as holes");
+    }
+
+    #[test]
+    fn a_write_error_is_returned_by_the_next_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("read-only");
+        std::fs::write(&path, b"").unwrap();
+        // A descriptor opened read-only: every write fails with EBADF.
+        let file = File::open(&path).unwrap();
+        let mut pool = WritePool::new(&file, 4096, 4096).unwrap();
+        let buffer = pool.take().unwrap();
+        pool.submit(buffer, 0, 4096, false).unwrap();
+        let err = pool.drain().unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EBADF),
+            "the writer's error: {err}"
+        );
+        assert!(pool.take().is_err(), "the pool stays failed");
+        assert!(pool.drain().is_err());
+    }
+}
