@@ -1,8 +1,10 @@
 //! The block-device target: the disk is written straight to the device with
 //! O_DIRECT, buffers and offsets aligned to the device's logical block size
-//! (512 or 4096), consecutive extents coalesced into large writes, unaligned
-//! edges read-modify-written, zero ranges made zero with `BLKZEROOUT`, and the
-//! device flushed before success is reported. An image larger than the device
+//! (512 or 4096), consecutive extents coalesced into large writes of which
+//! several are in flight at once (a [`WritePool`]), unaligned edges
+//! read-modify-written, short zero ranges written as zeroes within the
+//! buffer, longer ones made zero with `BLKZEROOUT`, and the device flushed
+//! before success is reported. An image larger than the device
 //! is refused by [`ExtentSink::set_size`], before any byte is written.
 //!
 //! The device's first and last MiB are zeroed and flushed before the first
@@ -20,11 +22,16 @@ use std::path::{Path, PathBuf};
 
 use super::aligned::AlignedBuf;
 use super::hold_back::HELD;
+use super::write_pool::WritePool;
 use super::{ExtentSink, SinkError, SinkSummary};
 use crate::extent::{Extent, ExtentKind};
 
 /// Bytes gathered before one write is issued.
-const COALESCE: usize = 4 << 20;
+const COALESCE: usize = 2 << 20;
+
+/// Zero ranges up to this long are written as zeroes (gathered with their
+/// neighbours into one write) rather than cut the write short for an ioctl.
+const INLINE_ZEROES: u64 = 1 << 20;
 
 // From linux/fs.h: _IO(0x12, 104), _IOR(0x12, 114, size_t), _IO(0x12, 127).
 const BLKSSZGET: libc::c_ulong = 0x1268;
@@ -39,10 +46,12 @@ pub struct BlockSink {
     block: u64,
     device_size: u64,
     size: Option<u64>,
+    /// The writer threads and their buffers.
+    pool: WritePool,
     /// Bytes gathered for the next write: they belong at `pending_start`
     /// (block aligned); when the run began mid-block, its first bytes are the
-    /// device's own contents, read back.
-    buffer: AlignedBuf,
+    /// device's own contents, read back. `None` between runs.
+    buffer: Option<AlignedBuf>,
     pending_start: u64,
     pending_len: usize,
     summary: SinkSummary,
@@ -77,8 +86,11 @@ impl BlockSink {
             ));
         }
         let block = block.max(512) as u64;
+        let pool = WritePool::new(&device, COALESCE, block as usize)
+            .map_err(|e| io_error("starting the writers of", path, e))?;
         let sink = BlockSink {
-            buffer: AlignedBuf::new(COALESCE, block as usize),
+            pool,
+            buffer: None,
             device,
             path: path.to_path_buf(),
             block,
@@ -97,16 +109,16 @@ impl BlockSink {
     /// makes it look like a disk (partition tables, boot sector, superblocks,
     /// backup GPT) is gone.
     fn clear_edges(&mut self) -> Result<(), SinkError> {
+        if let Some(buffer) = self.buffer.take() {
+            self.pool.give_back(buffer);
+        }
         self.pending_len = 0;
         let size = self.device_size - self.device_size % self.block;
         let head = HELD.min(size);
         let tail_start = size.saturating_sub(HELD).max(head);
         self.zero(0, head)?;
         self.zero(tail_start, size - tail_start)?;
-        self.flush()?;
-        self.device
-            .sync_all()
-            .map_err(|e| io_error("flushing", &self.path, e))
+        self.flush_data()
     }
 
     /// The device's logical block size.
@@ -123,21 +135,32 @@ impl BlockSink {
         self.pending_start + self.pending_len as u64
     }
 
-    /// Appends bytes that belong at guest offset `at`.
-    fn put(&mut self, mut at: u64, mut bytes: &[u8]) -> Result<(), SinkError> {
-        while !bytes.is_empty() {
-            if self.pending_len == 0 || at != self.pending_end() {
+    /// Appends bytes that belong at guest offset `at`: `bytes`, or that many
+    /// zeroes.
+    fn put(&mut self, mut at: u64, mut bytes: Fill<'_>) -> Result<(), SinkError> {
+        while bytes.len() > 0 {
+            if self.buffer.is_none() || at != self.pending_end() {
                 self.flush()?;
                 self.begin(at)?;
             }
-            let room = self.buffer.len() - self.pending_len;
+            let buffer = self.buffer.as_mut().expect("a run is open");
+            let room = buffer.len() - self.pending_len;
             let take = room.min(bytes.len());
             let from = self.pending_len;
-            self.buffer.as_mut_slice()[from..from + take].copy_from_slice(&bytes[..take]);
+            let into = &mut buffer.as_mut_slice()[from..from + take];
+            bytes = match bytes {
+                Fill::Data(data) => {
+                    into.copy_from_slice(&data[..take]);
+                    Fill::Data(&data[take..])
+                }
+                Fill::Zeroes(n) => {
+                    into.fill(0);
+                    Fill::Zeroes(n - take)
+                }
+            };
             self.pending_len += take;
             at += take as u64;
-            bytes = &bytes[take..];
-            if self.pending_len == self.buffer.len() {
+            if self.pending_len == buffer.len() {
                 self.flush()?;
             }
         }
@@ -148,20 +171,47 @@ impl BlockSink {
     /// it when `at` is not block aligned.
     fn begin(&mut self, at: u64) -> Result<(), SinkError> {
         let start = at - at % self.block;
+        let mut buffer = self.pool.take().map_err(|e| self.write_error(e))?;
         self.pending_start = start;
         self.pending_len = (at - start) as usize;
         if self.pending_len > 0 {
             let block = self.block as usize;
-            self.device
-                .read_exact_at(&mut self.buffer.as_mut_slice()[..block], start)
-                .map_err(|e| io_error("reading (to merge a partial block) from", &self.path, e))?;
+            let read = self
+                .settle()
+                .and_then(|()| self.read_block(&mut buffer.as_mut_slice()[..block], start));
+            if let Err(e) = read {
+                self.pool.give_back(buffer);
+                return Err(e);
+            }
         }
+        self.buffer = Some(buffer);
         Ok(())
     }
 
-    /// Writes the pending run, completing a partial last block from the device.
+    /// Waits for the writes in flight: a partial block is about to be read
+    /// back, and may be one of them.
+    fn settle(&mut self) -> Result<(), SinkError> {
+        self.pool.drain().map_err(|e| self.write_error(e))
+    }
+
+    fn read_block(&self, into: &mut [u8], at: u64) -> Result<(), SinkError> {
+        self.device
+            .read_exact_at(into, at)
+            .map_err(|e| io_error("reading (to merge a partial block) from", &self.path, e))
+    }
+
+    fn write_error(&self, e: std::io::Error) -> SinkError {
+        io_error("writing", &self.path, e)
+    }
+
+    /// Queues the write of the pending run, completing a partial last block
+    /// from the device.
     fn flush(&mut self) -> Result<(), SinkError> {
+        let Some(mut buffer) = self.buffer.take() else {
+            return Ok(());
+        };
         if self.pending_len == 0 {
+            self.pool.give_back(buffer);
             return Ok(());
         }
         let block = self.block as usize;
@@ -170,29 +220,36 @@ impl BlockSink {
         if tail != 0 {
             let last = self.pending_len - tail;
             let mut scratch = AlignedBuf::new(block, block);
-            self.device
-                .read_exact_at(scratch.as_mut_slice(), self.pending_start + last as u64)
-                .map_err(|e| io_error("reading (to merge a partial block) from", &self.path, e))?;
-            self.buffer.as_mut_slice()[last + tail..last + block]
+            let read = self.settle().and_then(|()| {
+                self.read_block(scratch.as_mut_slice(), self.pending_start + last as u64)
+            });
+            if let Err(e) = read {
+                self.pool.give_back(buffer);
+                return Err(e);
+            }
+            buffer.as_mut_slice()[last + tail..last + block]
                 .copy_from_slice(&scratch.as_slice()[tail..]);
         }
-        self.device
-            .write_all_at(&self.buffer.as_slice()[..write_len], self.pending_start)
-            .map_err(|e| io_error("writing", &self.path, e))?;
         self.pending_len = 0;
-        Ok(())
+        self.pool
+            .submit(buffer, self.pending_start, write_len, false)
+            .map_err(|e| self.write_error(e))
     }
 
     /// Makes `[at, at + len)` read as zeroes.
     fn zero(&mut self, at: u64, len: u64) -> Result<(), SinkError> {
+        if len <= INLINE_ZEROES {
+            return self.put(at, Fill::Zeroes(len as usize));
+        }
         let end = at + len;
         let first_full = at.next_multiple_of(self.block).min(end);
         let last_full = (end - end % self.block).max(first_full);
-        let zeros = vec![0u8; self.block as usize];
         if first_full > at {
-            self.put(at, &zeros[..(first_full - at) as usize])?;
+            self.put(at, Fill::Zeroes((first_full - at) as usize))?;
         }
         if last_full > first_full {
+            // The range's blocks are in no write in flight (extents do not
+            // overlap): only the gathered run must go first.
             self.flush()?;
             let range: [u64; 2] = [first_full, last_full - first_full];
             // SAFETY: BLKZEROOUT reads one [u64; 2] (start, length) through the
@@ -207,9 +264,24 @@ impl BlockSink {
             }
         }
         if end > last_full {
-            self.put(last_full, &zeros[..(end - last_full) as usize])?;
+            self.put(last_full, Fill::Zeroes((end - last_full) as usize))?;
         }
         Ok(())
+    }
+}
+
+/// What [`BlockSink::put`] appends.
+enum Fill<'a> {
+    Data(&'a [u8]),
+    Zeroes(usize),
+}
+
+impl Fill<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Fill::Data(d) => d.len(),
+            Fill::Zeroes(n) => *n,
+        }
     }
 }
 
@@ -252,7 +324,7 @@ impl ExtentSink for BlockSink {
         }
         match extent.kind {
             ExtentKind::Data(bytes) => {
-                self.put(extent.guest_offset, &bytes)?;
+                self.put(extent.guest_offset, Fill::Data(&bytes))?;
                 self.summary.bytes_written += len;
             }
             ExtentKind::Zero(n) => {
@@ -265,6 +337,7 @@ impl ExtentSink for BlockSink {
 
     fn flush_data(&mut self) -> Result<(), SinkError> {
         self.flush()?;
+        self.settle()?;
         self.device
             .sync_all()
             .map_err(|e| io_error("flushing", &self.path, e))
