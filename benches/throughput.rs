@@ -1,6 +1,9 @@
 //! Criterion throughput benchmarks of the core stages, each in bytes per
 //! second: the qcow2 and VHDX readers (images made with qemu-img),
-//! the decoders, zero detection and the sparse file sink.
+//! the decoders, zero detection, the sparse file sink (through the page cache
+//! and with O_DIRECT), the inflate pool (one thread against all cores, on
+//! zlib and zstd compressed qcow2) and the http reader (from a server on
+//! 127.0.0.1 started by the benchmark).
 //!
 //! Run with `cargo bench`; the qemu-img comparison on a real 2 GiB filesystem
 //! image is `bench/compare-qemu.sh`.
@@ -164,22 +167,166 @@ fn zero_detection(c: &mut Criterion) {
     group.finish();
 }
 
+/// The file sink, through the page cache and with O_DIRECT, each made
+/// durable at the end. The target directory is the build's own (`target/`,
+/// on the disk), not the system temporary directory, which may be a tmpfs.
 fn file_sink(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
+    let target_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let dir = tempfile::tempdir_in(&target_dir).unwrap();
     let data = Bytes::from(disk_content());
     let mut group = c.benchmark_group("file_sink");
     group.throughput(Throughput::Bytes(data.len() as u64));
     group.sample_size(10);
-    group.bench_function("sparse_64MiB_half_zero", |b| {
+    for (name, direct) in [
+        ("buffered_64MiB_half_zero", false),
+        ("direct_64MiB_half_zero", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let target = dir.path().join("disk.raw");
+                let mut sink = SparseFileSink::create(&target)
+                    .unwrap()
+                    .with_direct_io(direct);
+                sink.set_size(data.len() as u64).unwrap();
+                for (i, piece) in data.chunks(MIB).enumerate() {
+                    let at = (i * MIB) as u64;
+                    sink.write(Extent::data(at, data.slice_ref(piece))).unwrap();
+                }
+                assert_eq!(sink.is_direct(), direct, "O_DIRECT refused here");
+                sink.finish().unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+/// 64 MiB of words drawn at random from a small vocabulary: every cluster
+/// compresses (about 3:1) and takes real work to inflate.
+fn compressible_content() -> Vec<u8> {
+    const WORDS: [&[u8]; 16] = [
+        b"disk ",
+        b"image ",
+        b"sector ",
+        b"cluster ",
+        b"table ",
+        b"import ",
+        b"volume ",
+        b"kernel ",
+        b"block ",
+        b"the ",
+        b"of ",
+        b"and ",
+        b"stream ",
+        b"file\n",
+        b"42 ",
+        b"zero ",
+    ];
+    let mut data = Vec::with_capacity(64 * MIB + 16);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    while data.len() < 64 * MIB {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(WORDS[(state % 16) as usize]);
+    }
+    data.truncate(64 * MIB);
+    data
+}
+
+/// The inflate pool: compressed qcow2 (deflate and zstd, 64 KiB clusters)
+/// inflated on the reader's thread (1) and on a pool of one thread per core
+/// (0); throughput in guest (output) bytes per second.
+fn inflate_pool(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = compressible_content();
+    let mut group = c.benchmark_group("inflate_pool");
+    group.throughput(Throughput::Bytes(raw.len() as u64));
+    group.sample_size(10);
+    for (name, extra) in [
+        ("zlib", vec!["-c"]),
+        ("zstd", vec!["-c", "-o", "compression_type=zstd"]),
+    ] {
+        let image = Bytes::from(qcow2_of(dir.path(), &raw, &extra));
+        for threads in [1usize, 0] {
+            let label = match threads {
+                0 => format!("{name}_all_cores"),
+                n => format!("{name}_{n}_thread"),
+            };
+            let options = StreamOptions {
+                inflate_threads: threads,
+                ..StreamOptions::default()
+            };
+            group.bench_function(label, |b| {
+                b.iter(|| {
+                    let mut stream = ChunkStream::from_bytes(image.clone());
+                    let mut sink = NullSink::default();
+                    convert_stream(&mut stream, &mut sink, &options).unwrap()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Serves `body` over HTTP/1.1 on 127.0.0.1 (any port) to every connection
+/// until the process ends: a plain `200` with a length, no ranges.
+fn serve(body: Bytes) -> std::net::SocketAddr {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                loop {
+                    let mut request = String::new();
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                        request.push_str(&line);
+                        line.clear();
+                    }
+                    if request.is_empty() {
+                        return;
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                        body.len()
+                    );
+                    if writer.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    if !request.starts_with("HEAD ") && writer.write_all(&body).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The http source: bytes per second read from a server on 127.0.0.1.
+fn http_reader(c: &mut Criterion) {
+    let body = Bytes::from(disk_content());
+    let addr = serve(body.clone());
+    let url = format!("http://{addr}/disk.raw");
+    let mut group = c.benchmark_group("http_reader");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.sample_size(10);
+    group.bench_function("get_64MiB", |b| {
         b.iter(|| {
-            let target = dir.path().join("disk.raw");
-            let mut sink = SparseFileSink::create(&target).unwrap();
-            sink.set_size(data.len() as u64).unwrap();
-            for (i, piece) in data.chunks(MIB).enumerate() {
-                let at = (i * MIB) as u64;
-                sink.write(Extent::data(at, data.slice_ref(piece))).unwrap();
-            }
-            sink.finish().unwrap()
+            let progress = std::sync::Arc::new(diskimport::progress::Progress::default());
+            let mut reader = diskimport::source::http::open(
+                &url,
+                &diskimport::source::SourceOptions::default(),
+                &progress,
+            )
+            .unwrap();
+            let copied = std::io::copy(&mut reader, &mut std::io::sink()).unwrap();
+            assert_eq!(copied, body.len() as u64);
         })
     });
     group.finish();
@@ -338,6 +485,8 @@ criterion_group!(
     vhdx_reader,
     decoders,
     zero_detection,
-    file_sink
+    file_sink,
+    inflate_pool,
+    http_reader
 );
 criterion_main!(benches);
