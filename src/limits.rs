@@ -12,7 +12,7 @@
 //! | what | limit | at a 600M basis |
 //! |---|---|---|
 //! | xz dictionary and decoder state (hard, [`MemoryLimits::xz_memlimit`]) | basis / 2, within 64 MiB ..= 2 GiB | 300 MiB |
-//! | xz threaded decoder (soft: fewer threads above it) | xz limit / 2 | 150 MiB |
+//! | xz threaded decoder (soft: fewer threads above it, one at the end) | xz limit / 2, at most [`XZ_THREADING_MAX`] (24 MiB) | 24 MiB |
 //! | zstd window ([`MemoryLimits::zstd_window_log_max`]) | largest power of two <= basis / 4, within 2^20 ..= 2^31 | 128 MiB (2^27) |
 //! | registry layer decoders | the same xz limit and zstd window | |
 //! | qcow2 L1 table | fixed: 4 Mi entries (32 MiB) (`format::qcow2::header::MAX_L1_ENTRIES`) | 32 MiB |
@@ -25,6 +25,14 @@
 
 use std::path::Path;
 use std::sync::OnceLock;
+
+/// Most memory the threaded xz decoder may use before it runs fewer threads
+/// (liblzma decodes a block it cannot fit on the calling thread). Each
+/// thread holds a block's whole output and input besides its dictionary:
+/// `xz -T0` writes blocks of 3 dictionaries (24 MiB at `-6`), so an
+/// unbounded decoder on two cores peaks near 80 MiB. 24 MiB keeps the
+/// importer's peak RSS under 64 MiB with the pipeline's own buffers.
+pub const XZ_THREADING_MAX: u64 = 24 << 20;
 
 /// The basis when neither a cgroup limit nor the physical memory is known.
 pub const DEFAULT_BASIS: u64 = 2 << 30;
@@ -82,7 +90,7 @@ impl MemoryLimits {
             basis,
             origin,
             xz_memlimit,
-            xz_memlimit_threading: xz_memlimit / 2,
+            xz_memlimit_threading: (xz_memlimit / 2).min(XZ_THREADING_MAX),
             zstd_window_log_max,
         }
     }
@@ -195,12 +203,14 @@ mod tests {
         assert_eq!(limits.zstd_window_log_max, 27);
         assert_eq!(limits.xz_memlimit, 300_000_000);
         assert!(limits.xz_memlimit_threading <= limits.xz_memlimit);
+        assert_eq!(limits.xz_memlimit_threading, XZ_THREADING_MAX);
         let big = MemoryLimits::from_basis(64 << 30, BasisOrigin::PhysicalMemory);
         assert_eq!(big.zstd_window_log_max, 31);
         assert_eq!(big.xz_memlimit, 2 << 30);
         let tiny = MemoryLimits::from_basis(16 << 20, BasisOrigin::CgroupV2);
         assert_eq!(tiny.zstd_window_log_max, 22);
         assert_eq!(tiny.xz_memlimit, 64 << 20);
+        assert_eq!(tiny.xz_memlimit_threading, 24 << 20);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::progress::Progress;
 use crate::stages::{Stage, Stages};
 
 /// Extents that may wait for the writer.
-const DEPTH: usize = 8;
+const DEPTH: usize = 4;
 
 enum Message {
     Size(u64),

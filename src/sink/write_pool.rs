@@ -27,7 +27,7 @@ use super::aligned::AlignedBuf;
 use super::zero_detect::for_each_nonzero_run;
 
 /// Writer threads per pool.
-pub const WRITERS: usize = 3;
+pub const WRITERS: usize = 2;
 /// Buffers per pool: one being filled while the others are written.
 pub const BUFFERS: usize = WRITERS + 1;
 
