@@ -483,9 +483,7 @@ fn kill_then_retry(block: bool, point: KillPoint) {
             assert!(reached.is_some(), "ended early: {}", first.stderr());
             reached
         }
-        _ => first.wait_for(&format!("{point:?}"), |s| {
-            bytes_read(s) >= bytes_total(s)
-        }),
+        _ => first.wait_for(&format!("{point:?}"), |s| bytes_read(s) >= bytes_total(s)),
     };
     first.kill9();
     if reached.is_some() {

@@ -231,7 +231,8 @@ impl RegistryApi {
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.split(';').next().unwrap_or_default().trim().to_string());
-            let body = request::read_bounded(&self.net, &shown, response, "manifest", MAX_MANIFEST).await?;
+            let body = request::read_bounded(&self.net, &shown, response, "manifest", MAX_MANIFEST)
+                .await?;
             Ok((body, media_type, shown))
         })
         .await?;

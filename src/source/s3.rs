@@ -219,10 +219,12 @@ fn parse_location(spec: &str, options: &SourceOptions) -> Result<Location, S3Err
             let key = percent_decode(url.path().trim_start_matches('/'));
             let endpoint = match options.endpoint.as_deref().filter(|e| !e.is_empty()) {
                 Some(e) => {
-                    let parsed = url::Url::parse(e)
-                        .map_err(|err| {
-                            bad(&format!("--endpoint {} is not a URL: {err}", DisplayUrl::of_spec(e)))
-                        })?;
+                    let parsed = url::Url::parse(e).map_err(|err| {
+                        bad(&format!(
+                            "--endpoint {} is not a URL: {err}",
+                            DisplayUrl::of_spec(e)
+                        ))
+                    })?;
                     if !matches!(parsed.scheme(), "http" | "https") {
                         return Err(bad(&format!(
                             "--endpoint {} is not http(s)",
