@@ -343,7 +343,10 @@ fn poller_reaches_the_registry_through_the_import_proxy() {
         .lines()
         .filter(|l| l.contains(&format!("CONNECT 127.0.0.1:{}", setup.reg_port)))
         .count();
-    assert!(tunnels >= 1, "the registry was not reached through the proxy:\n{log}");
+    assert!(
+        tunnels >= 1,
+        "the registry was not reached through the proxy:\n{log}"
+    );
     assert!(
         !log.contains(&format!(":{}", setup.api_port)),
         "the API calls went through the proxy:\n{log}"
