@@ -9,36 +9,62 @@
 # The anchor's first step is a local copy (dd with fsync), not an HTTPS
 # transfer: that favours the anchor, so the comparison is conservative.
 #
-# usage: bench/upload-vs-scratch.sh [WORKDIR] [SIZE]
-#   WORKDIR  where images and targets go (default: ${TMPDIR:-/tmp}/diskimport-bench,
-#            shared with bench/compare-qemu.sh, whose 2 GiB qcow2 is reused)
-#   SIZE     virtual size of the filesystem image (default 2G)
+# usage: bench/upload-vs-scratch.sh [-i IMAGE] [WORKDIR] [SIZE]
+#   -i IMAGE  the qcow2 to upload (e.g. a dense 2 GiB one); without it an ext4
+#             image of SIZE, built from a real tree, is made once in WORKDIR
+#   WORKDIR   where images and targets go (default: ${TMPDIR:-/tmp}/diskimport-bench,
+#             shared with bench/compare-qemu.sh, whose 2 GiB qcow2 is reused)
+#   SIZE      virtual size of the built image (default: $SIZE, else 2G); try 256M first
+# The target's size (UPLOAD_IMAGE_SIZE) is the image's virtual size.
 # env: BENCH_DROP_CACHES=0 to keep the page cache between steps;
 #      DISKIMPORT_BIN=PATH to use a built binary instead of building one.
 set -euo pipefail
 
+image=
+while getopts i: opt; do
+  case $opt in
+    i) image=$OPTARG ;;
+    *) sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-${TMPDIR:-/tmp}/diskimport-bench}
-size=${2:-2G}
+size=${2:-${SIZE:-2G}}
 mkdir -p "$work"
+work=$(cd "$work" && pwd)
 bin=${DISKIMPORT_BIN:-$here/target/release/diskimport}
 [ -n "${DISKIMPORT_BIN:-}" ] || (cd "$here" && cargo build --release --quiet)
 
-img="$work/fs-$size.qcow2"
+if [ -n "$image" ]; then
+  [ -r "$image" ] || { echo "cannot read $image" >&2; exit 2; }
+  img=$(cd "$(dirname "$image")" && pwd)/$(basename "$image")
+else
+  img="$work/fs-$size.qcow2"
+fi
 if [ ! -s "$img" ]; then
   echo "building a $size ext4 image from a real tree (once; kept in $work)" >&2
-  tree="$work/tree"
+  # The tree is cut to 60% of the file system (the end of a tar stream cut
+  # short), so that mkfs.ext4 -d fits it whatever SIZE is.
+  tree="$work/upload-tree-$size"
   rm -rf "$tree"; mkdir -p "$tree"
-  for d in /usr/share /usr/bin /usr/include /usr/libexec; do
-    [ -d "$d" ] && cp -a "$d" "$tree/" 2>/dev/null || true
-  done
+  budget=$(( $(numfmt --from=iec "$size") * 6 / 10 ))
+  dirs=()
+  for d in /usr/share /usr/bin /usr/include /usr/libexec; do [ -d "$d" ] && dirs+=("$d"); done
+  { tar -cf - "${dirs[@]}" 2>/dev/null || true; } | head -c "$budget" |
+    { tar -xf - -C "$tree" 2>/dev/null || true; }
   fs="$work/fs-$size.img"
   rm -f "$fs"; truncate -s "$size" "$fs"
   mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 -d "$tree" "$fs"
   qemu-img convert -O qcow2 "$fs" "$img"
-  rm -f "$fs"
+  rm -rf "$fs" "$tree"
 fi
-echo "image: $img ($(stat -c %s "$img") bytes; $(qemu-img info "$img" | grep 'virtual size'))"
+# The top-level virtual size (the JSON also lists the file node's, which is
+# the file's length).
+virtual=$(qemu-img info --output=json "$img" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["virtual-size"])')
+[ -n "$virtual" ] || { echo "qemu-img cannot read the virtual size of $img" >&2; exit 1; }
+echo "image: $img ($(stat -c %s "$img") bytes, virtual size $virtual bytes)"
 
 drop_caches() {
   sync
@@ -66,7 +92,7 @@ rm -rf "$root" "$work/server.pid" "$work/server.log"; mkdir -p "$root/data" "$ro
 drop_caches
 env -i PATH="$PATH" TLS_KEY_FILE="$pki/server.key" TLS_CERT_FILE="$pki/server.crt" \
   CLIENT_CERT_FILE="$pki/ca.crt" CLIENT_NAME=client.upload-server.cdi.kubevirt.io \
-  UPLOAD_IMAGE_SIZE="$size" FILESYSTEM_OVERHEAD=0 LISTEN_ADDRESS=127.0.0.1 LISTEN_PORT=0 \
+  UPLOAD_IMAGE_SIZE="$virtual" FILESYSTEM_OVERHEAD=0 LISTEN_ADDRESS=127.0.0.1 LISTEN_PORT=0 \
   bash -c '"$1" upload-server --root "$2" -alsologtostderr -v=1 2>"$3/server.log" & echo $! > "$3/server.pid";
            wait $!; cat /proc/$$/io > "$3/server.io"' \
   _ "$bin" "$root" "$work" &
@@ -82,9 +108,14 @@ done
 curl -s -o "$work/reply" -w '%{http_code} %{time_total}\n' --cacert "$pki/ca.crt" \
   --cert "$pki/client.crt" --key "$pki/client.key" -H 'Content-Type: application/octet-stream' \
   -X POST -T "$img" "https://127.0.0.1:$port/v1beta1/upload" > "$work/curl.out" || true
-wait "$wrapper"
 read -r code upload_time < "$work/curl.out"
-[ "$code" = 200 ] || { echo "upload failed: $code $(cat "$work/reply")"; exit 1; }
+if [ "$code" != 200 ]; then
+  # A failed upload leaves the server waiting for another one (as CDI's does).
+  kill "$(cat "$work/server.pid")" 2>/dev/null || true
+  wait "$wrapper" || true
+  echo "upload failed: $code $(cat "$work/reply")"; exit 1
+fi
+wait "$wrapper"
 sync
 upload_written=$(written "$work/server.io")
 echo "diskimport upload-server: ${upload_time} s, $upload_written bytes written, scratch entries: $(ls -A "$root/scratch" | wc -l)"

@@ -90,6 +90,24 @@ cp dyn-scattered.vhd dyn-creator-vpc-maxchs.vhd
 patch_footer dyn-creator-vpc-maxchs.vhd both creator=vpc_ chs=65535/16/255 cur=50000000
 add dyn-creator-vpc-maxchs dynamic
 
+# Sector bitmaps with clear bits over data (a VHD tool that tracks sectors):
+# qemu reads an allocated block whole whatever its bitmap says.
+qemu-img create -q -f vpc dyn-bitmap-clear.vhd 16M
+io -c 'write -P 0x66 0 3M' -c 'write -P 0x67 9M 64k' dyn-bitmap-clear.vhd
+python3 - dyn-bitmap-clear.vhd <<'PY'
+import struct, sys
+data = bytearray(open(sys.argv[1], 'rb').read())
+header = struct.unpack('>Q', data[16:24])[0]
+bat = struct.unpack('>Q', data[header + 16:header + 24])[0]
+for index in (0, 1, 4):
+    entry = struct.unpack('>I', data[bat + 4 * index:bat + 4 * index + 4])[0]
+    if entry != 0xFFFFFFFF:
+        at = entry * 512
+        data[at:at + 512] = bytes([0x00, 0x0F, 0xF0]) * 170 + b'\0\0'
+open(sys.argv[1], 'wb').write(data)
+PY
+add dyn-bitmap-clear dynamic
+
 # Fixed: raw data plus the footer.
 qemu-img create -q -f vpc -o subformat=fixed fixed-scattered.vhd 20M
 io -c 'write -P 0x91 0 1M' -c 'write -P 0x92 7M 33k' -c 'write -P 0x93 19M 1M' fixed-scattered.vhd

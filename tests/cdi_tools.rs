@@ -254,10 +254,72 @@ fn server_speaks_cdis_protocol_and_exits_after_the_done_file() {
     assert!(env.contains(&"KUBEVIRT_IO_OS=fedora"), "{env:?}");
     assert_eq!(body.last(), Some(&b'\n'));
 
-    let (status, _, _) = get(port, "/../disk/fedora.qcow2", "");
+    // Several ranges: one multipart/byteranges body, laid out as Go's.
+    let (status, headers, body) = get(port, "/fedora.qcow2", "Range: bytes=0-9,20-29\r\n");
+    assert!(status.contains(" 206"), "{status}");
+    let boundary = headers
+        .split_once("content-type: multipart/byteranges; boundary=")
+        .and_then(|(_, rest)| rest.lines().next())
+        .unwrap_or_else(|| panic!("{headers}"))
+        .trim()
+        .to_string();
+    let mut want = Vec::new();
+    for (i, (from, to)) in [(0usize, 9usize), (20, 29)].into_iter().enumerate() {
+        let lead = if i == 0 { "" } else { "\r\n" };
+        want.extend_from_slice(
+            format!(
+                "{lead}--{boundary}\r\nContent-Range: bytes {from}-{to}/{}\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n",
+                expected.len()
+            )
+            .as_bytes(),
+        );
+        want.extend_from_slice(&expected[from..=to]);
+    }
+    want.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        String::from_utf8_lossy(&want)
+    );
+    assert!(
+        headers.contains(&format!("content-length: {}", want.len())),
+        "{headers}"
+    );
+
+    // Go's 416s: reason phrase, plain-text body, Content-Range only when
+    // nothing overlaps.
+    let (status, headers, body) = get(port, "/fedora.qcow2", "Range: bytes=99999999-\r\n");
+    assert_eq!(status, "HTTP/1.1 416 Requested Range Not Satisfiable");
+    assert_eq!(body, b"invalid range: failed to overlap\n");
+    assert!(
+        headers.contains(&format!("content-range: bytes */{}", expected.len())),
+        "{headers}"
+    );
+    let (status, headers, body) = get(port, "/fedora.qcow2", "Range: pages=1-2\r\n");
+    assert!(status.contains(" 416"), "{status}");
+    assert_eq!(body, b"invalid range\n");
+    assert!(!headers.contains("content-range"), "{headers}");
+
+    // Unclean paths are redirected to their clean form (which is then a
+    // 404), a slash after the file to the file, as Go's mux and file server do.
+    let (status, headers, _) = get(port, "/../disk/fedora.qcow2", "");
+    assert!(status.contains(" 301"), "{status}");
+    assert!(
+        headers.contains("location: /disk/fedora.qcow2\r\n")
+            || headers.ends_with("location: /disk/fedora.qcow2"),
+        "{headers}"
+    );
+    let (status, _, _) = get(port, "/disk/fedora.qcow2", "");
     assert!(status.contains(" 404"), "{status}");
-    let (status, _, _) = get(port, "/other.img", "");
+    let (status, headers, _) = get(port, "/fedora.qcow2/", "");
+    assert!(status.contains(" 301"), "{status}");
+    assert!(headers.contains("location: ../fedora.qcow2"), "{headers}");
+    let (status, headers, _) = get(port, "/other.img", "");
     assert!(status.contains(" 404"), "{status}");
+    assert!(
+        headers.contains("x-content-type-options: nosniff"),
+        "{headers}"
+    );
 
     fs::write(pod.path("shared/done"), b"").unwrap();
     let status = wait_exit(&mut child);

@@ -1,7 +1,8 @@
 //! Real faults, real devices: nothing wrong ever looks finished.
 //!
 //! - ENOSPC: a tmpfs with a size fills up during an import (filled by the test
-//!   once the import is transferring, after it measured the free space), and
+//!   while `gate_proxy.py` holds the body part-way, after the import measured
+//!   the free space), and
 //!   during a `convert`: exit 1 with CDI's "no space left on device", no file.
 //! - EIO: a loop device over a 64 MiB sparse file on a 16 MiB tmpfs; O_DIRECT
 //!   writes fail once the tmpfs is full: the device's first and last MiB read
@@ -14,8 +15,8 @@
 //!   target never looks finished, and the next attempt with the same
 //!   environment is byte-identical to `qemu-img convert -O raw`.
 //!
-//! Each waits for an observable state (the status endpoint's byte counts), not
-//! for a time. Everything needs root (mounts, loop devices); without it the
+//! Each waits for an observable state (the status endpoint's byte counts, the
+//! gate proxy holding the body part-way), not for a time. Everything needs root (mounts, loop devices); without it the
 //! tests are skipped visibly, and fail under CI.
 
 mod common;
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::{compare_files, qemu_img, require_root, WatchedImport, BIN};
-use servers::{require_servers, Faulty};
+use servers::{require_servers, Faulty, GateProxy};
 
 const MIB: u64 = 1 << 20;
 
@@ -251,18 +252,19 @@ fn bytes_total(status: &serde_json::Value) -> u64 {
 fn enospc_during_an_import_fails_with_cdis_message_and_leaves_no_disk() {
     let Some(servers) = ready() else { return };
     let image = make_image(12, 32);
-    // ~4 MB/s: the import is still transferring when the volume fills up.
-    let server = Faulty::start(
-        &servers,
-        &image.dir.path().join("srv"),
-        &image.qcow2,
-        &["--throttle", "4000000"],
+    let server = Faulty::start(&servers, &image.dir.path().join("srv"), &image.qcow2, &[]);
+    // The body stops after 4 MB until the volume is full: the import is
+    // provably mid-transfer when the space goes, whatever the speed.
+    let mut gate = GateProxy::start(
+        &image.dir.path().join("gate"),
+        server.port,
+        &["--hold-after", "4000000"],
     );
     let root = Root::new();
     let volume = Tmpfs::mount("48m");
     fs::remove_dir(root.path().join("data")).unwrap();
     std::os::unix::fs::symlink(volume.path(), root.path().join("data")).unwrap();
-    let url = server.url("disk.qcow2");
+    let url = gate.url("disk.qcow2");
     let mut import = WatchedImport::spawn(root.command(&[
         ("IMPORTER_ENDPOINT", &url),
         ("IMPORTER_IMAGE_SIZE", "32Mi"),
@@ -270,6 +272,8 @@ fn enospc_during_an_import_fails_with_cdis_message_and_leaves_no_disk() {
     ]));
     // The free space was measured before the transfer began; now another
     // writer takes all of it. The held first MiB alone needs space later.
+    let held = gate.wait_holding(|| import.child.try_wait().unwrap().is_some());
+    assert!(held, "the body never reached the gate: {}", import.stderr());
     let transferring = import.wait_for("transferring", |s| {
         s["phase"] == "transferring" && bytes_read(s) > 0
     });
@@ -280,6 +284,7 @@ fn enospc_during_an_import_fails_with_cdis_message_and_leaves_no_disk() {
         .arg(format!("of={}", filler.display()))
         .stderr(Stdio::null())
         .status();
+    gate.release();
     let (status, stderr) = import.wait();
     assert_eq!(status.code(), Some(1), "{stderr}");
     let text = root.termination();
@@ -436,12 +441,17 @@ enum KillPoint {
 fn kill_then_retry(block: bool, point: KillPoint) {
     let Some(servers) = ready() else { return };
     let image = make_image(16, 32);
-    let server = Faulty::start(
-        &servers,
-        &image.dir.path().join("srv"),
-        &image.qcow2,
-        &["--throttle", "8000000"],
-    );
+    let server = Faulty::start(&servers, &image.dir.path().join("srv"), &image.qcow2, &[]);
+    // Mid-transfer is made, not waited for: the body stops at a third until
+    // the kill (the gate holds only that first connection).
+    let third = (fs::metadata(&image.qcow2).unwrap().len() / 3).to_string();
+    let mut gate = matches!(point, KillPoint::MidTransfer).then(|| {
+        GateProxy::start(
+            &image.dir.path().join("gate"),
+            server.port,
+            &["--hold-after", &third],
+        )
+    });
     let root = Root::new();
     let device = block.then(|| {
         let backing = image.dir.path().join("device.img");
@@ -455,17 +465,26 @@ fn kill_then_retry(block: bool, point: KillPoint) {
             .unwrap();
         device
     });
-    let url = server.url("disk.qcow2");
+    let url = match &gate {
+        Some(gate) => gate.url("disk.qcow2"),
+        None => server.url("disk.qcow2"),
+    };
     let env = [
         ("IMPORTER_ENDPOINT", url.as_str()),
         ("IMPORTER_IMAGE_SIZE", "32Mi"),
         ("FILESYSTEM_OVERHEAD", "0"),
     ];
     let mut first = WatchedImport::spawn(root.command(&env));
-    let reached = first.wait_for(&format!("{point:?}"), |s| match point {
-        KillPoint::MidTransfer => bytes_read(s) * 3 >= bytes_total(s),
-        KillPoint::FinalSync => bytes_read(s) >= bytes_total(s),
-    });
+    let reached = match (point, &mut gate) {
+        (KillPoint::MidTransfer, Some(gate)) => {
+            let held = gate.wait_holding(|| first.child.try_wait().unwrap().is_some());
+            assert!(held, "the body never reached the gate: {}", first.stderr());
+            let reached = first.wait_for("mid-transfer", |s| bytes_read(s) > 0);
+            assert!(reached.is_some(), "ended early: {}", first.stderr());
+            reached
+        }
+        _ => first.wait_for(&format!("{point:?}"), |s| bytes_read(s) >= bytes_total(s)),
+    };
     first.kill9();
     if reached.is_some() {
         // Killed: nothing may look finished.

@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{compare_files, qemu_img, run_cmd, Run, BIN, TIMEOUT};
-use servers::{require_servers, FaultProxy, Faulty, Nginx, Tinyproxy};
+use servers::{require_servers, FaultProxy, Faulty, GateProxy, Nginx, Tinyproxy};
 use tempfile::TempDir;
 
 /// Test images, made at test time with qemu-img.
@@ -739,25 +739,19 @@ fn object_replaced_between_drop_and_resume_fails() {
     };
     let images = Images::new();
     let nginx = start_nginx(&images);
-    // ~1 MB/s, dropped once after 1.5 MB; the file is replaced before the resume.
+    // Dropped once after 1.5 MB; the resume, on the next connection, waits
+    // at the gate (its request not sent) until the file is replaced.
+    let mut gate = GateProxy::start(
+        &images.work("gate"),
+        nginx.http_port,
+        &["--hold-from-connection", "2"],
+    );
     let proxy = FaultProxy::start(
         &servers,
         &images.work("proxy"),
-        nginx.http_port,
-        &[
-            "--throttle",
-            "1000000",
-            "--drop-after",
-            "1500000",
-            "--drop-times",
-            "1",
-        ],
+        gate.port,
+        &["--drop-after", "1500000", "--drop-times", "1"],
     );
-    // The new file is ready beforehand and renamed into place as soon as nginx
-    // has the old one for the first response: while it holds it open (that
-    // response goes on with the old bytes), or once it logged that response
-    // (it pushed it all to the throttling proxy). Every later request, the
-    // resume after the drop, gets the new file. Nothing races a backoff.
     let file = images.file("disk.qcow2");
     let mut data = fs::read(&file).unwrap();
     for b in data.iter_mut().skip(2 * MIB) {
@@ -774,30 +768,16 @@ fn object_replaced_between_drop_and_resume_fails() {
         .set_modified(old)
         .unwrap();
     let proxy_log = proxy.server.log.clone();
-    let nginx_log = images.work("nginx").join("logs/access.log");
-    let replacer = thread::spawn(move || {
-        let deadline = Instant::now() + TIMEOUT;
-        let served = || {
-            fs::read_to_string(&nginx_log)
-                .unwrap_or_default()
-                .contains("\"GET /disk.qcow2 ")
-        };
-        while Instant::now() < deadline {
-            if held_open(&file) || served() {
-                fs::rename(&tmp, &file).unwrap();
-                return true;
-            }
-            thread::sleep(Duration::from_millis(2));
-        }
-        false
-    });
     let target = images.target("replaced");
-    let run = import(&proxy.url("disk.qcow2"), &target, &[]);
-    assert!(
-        replacer.join().unwrap(),
-        "nginx never opened the file: {}",
-        run.describe()
-    );
+    let importer = {
+        let (url, target) = (proxy.url("disk.qcow2"), target.clone());
+        thread::spawn(move || import(&url, &target, &[]))
+    };
+    let waiting = gate.wait_holding(|| importer.is_finished());
+    fs::rename(&tmp, &file).unwrap();
+    gate.release();
+    let run = importer.join().unwrap();
+    assert!(waiting, "no resume reached the gate: {}", run.describe());
     assert!(
         fs::read_to_string(&proxy_log)
             .unwrap_or_default()
@@ -805,20 +785,6 @@ fn object_replaced_between_drop_and_resume_fails() {
         "the proxy never dropped the first response"
     );
     assert_failed(&run, &target, &["changed"]);
-}
-
-/// True when some process (nginx's worker, serving it) has `path` open.
-fn held_open(path: &Path) -> bool {
-    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return false;
-    };
-    procs.flatten().any(|p| {
-        fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
-            fds.flatten()
-                .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == path))
-        })
-    })
 }
 
 // ---- a server with chunked bodies and capped ranges -------------------------

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{compare_prefix, qemu_img, BIN};
-use servers::{require_servers, Nginx};
+use servers::{require_servers, GateProxy, Nginx};
 
 const SUCCESS: &str =
     r#"{"scratchSpaceRequired":false,"preallocationApplied":false,"message":"Import Complete"}"#;
@@ -80,7 +80,7 @@ impl Root {
 
 /// A small qcow2 image, a VHDX of the same disk, and their raw oracle, served by nginx.
 struct Served {
-    _nginx: Nginx,
+    nginx: Nginx,
     base: String,
     oracle: PathBuf,
     /// nginx's document root.
@@ -156,7 +156,7 @@ fn serve_image() -> Option<Served> {
     let nginx = Nginx::start(&servers_dir, &dir.path().join("nginx"), &www);
     let base = nginx.http("");
     Some(Served {
-        _nginx: nginx,
+        nginx,
         base,
         oracle,
         www,
@@ -443,8 +443,9 @@ fn import_to_a_4k_block_volume(file: &str) {
 fn sigterm_stops_an_import_promptly_and_a_second_attempt_starts_cleanly() {
     let Some(served) = serve_image() else { return };
     let root = Root::new();
-    // /slow/ is throttled (256 KiB/s after 64 KiB): 4 MiB of incompressible bytes
-    // take many seconds, so the import is still running when it is signalled.
+    // 4 MiB of incompressible bytes, held after 3 MB (the reader has taken
+    // its first 1 MiB chunks) by the gate until the signal went: the import
+    // is provably still transferring when signalled.
     let mut noise = vec![0u8; 4 << 20];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for chunk in noise.chunks_mut(8) {
@@ -454,8 +455,16 @@ fn sigterm_stops_an_import_promptly_and_a_second_attempt_starts_cleanly() {
         chunk.copy_from_slice(&x.to_le_bytes());
     }
     fs::write(served.www.join("noise.raw"), &noise).unwrap();
-    let slow = format!("{}slow/noise.raw", served.base);
-    let mut import = common::WatchedImport::spawn(root.command(&[("IMPORTER_ENDPOINT", &slow)]));
+    let mut gate = GateProxy::start(
+        &served.www.with_file_name("gate"),
+        served.nginx.http_port,
+        &["--hold-after", "3000000"],
+    );
+    let held_url = gate.url("noise.raw");
+    let mut import =
+        common::WatchedImport::spawn(root.command(&[("IMPORTER_ENDPOINT", &held_url)]));
+    let held = gate.wait_holding(|| import.child.try_wait().unwrap().is_some());
+    assert!(held, "the body never reached the gate: {}", import.stderr());
     // Mid-transfer: bytes arrived, not all of them.
     let transferring = import.wait_for("mid-transfer", |s| {
         s["phase"] == "transferring"

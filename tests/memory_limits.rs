@@ -323,3 +323,254 @@ fn a_2_gib_conversion_fits_in_600m_and_reports_its_peak() {
         cgroup.peak() >> 20
     ));
 }
+
+/// A registry that lies: `/v2/` answers (200, or 401 pointing to its own
+/// token realm), and the manifest, the token or an error body is a 1 GiB
+/// stream, with or without a Content-Length, chunked or ended by the close.
+/// Every response logs how many body bytes it managed to send before the
+/// client hung up. Plain python3 (stdlib), 127.0.0.1, a kernel-chosen port.
+const HUGE_REGISTRY: &str = r#"
+import http.server, socketserver, sys
+
+MODE, PORT_FILE, LOG = sys.argv[1], sys.argv[2], sys.argv[3]
+GIB = 1 << 30
+CHUNK = b'{"schemaVersion":2,"layers":[' + b" " * ((1 << 20) - 29)
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def huge(self, status, content_type, framing):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+        if framing == "length":
+            self.send_header("Content-Length", str(GIB))
+        elif framing == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        sent = 0
+        try:
+            while sent < GIB:
+                if framing == "chunked":
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(CHUNK), CHUNK))
+                else:
+                    self.wfile.write(CHUNK)
+                sent += len(CHUNK)
+            if framing == "chunked":
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass
+        with open(LOG, "a") as log:
+            log.write("%s sent %d\n" % (self.path.split("?")[0], sent))
+        self.close_connection = True
+
+    def do_GET(self):
+        port = self.server.server_address[1]
+        if self.path == "/v2/":
+            if MODE == "token" and "authorization" not in self.headers:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate",
+                                 'Bearer realm="http://127.0.0.1:%d/token",service="huge"' % port)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+            return
+        if self.path.startswith("/token"):
+            self.huge(200, "application/json", "chunked")
+            return
+        if "/manifests/" in self.path:
+            if MODE == "error-body":
+                self.huge(404, "application/json", "close")
+            else:
+                self.huge(200, "application/vnd.oci.image.manifest.v1+json", MODE)
+            return
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+server = Server(("127.0.0.1", 0), Handler)
+with open(PORT_FILE + ".tmp", "w") as f:
+    f.write(str(server.server_address[1]))
+import os
+os.rename(PORT_FILE + ".tmp", PORT_FILE)
+server.timeout = 1
+import time
+deadline = time.time() + 300
+while time.time() < deadline:
+    server.handle_request()
+"#;
+
+/// The lying registry above, killed (by its PID) on drop.
+struct HugeRegistry {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl HugeRegistry {
+    fn start(dir: &Path, mode: &str) -> HugeRegistry {
+        let script = dir.join("huge_registry.py");
+        fs::write(&script, HUGE_REGISTRY).unwrap();
+        let port_file = dir.join(format!("{mode}.port"));
+        let log = dir.join(format!("{mode}.log"));
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args([mode.as_ref(), port_file.as_os_str(), log.as_os_str()])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let port = loop {
+            if let Some(port) = fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                break port;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the registry script exited: {status}");
+            }
+            assert!(std::time::Instant::now() < deadline, "no port file");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        HugeRegistry { child, port, log }
+    }
+
+    /// Body bytes sent per response, once the client hung up.
+    fn sent(&self) -> Vec<(String, u64)> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (path, n) = l.split_once(" sent ")?;
+                Some((path.to_string(), n.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for HugeRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Memory the cgroup was refused (v1 `memory.failcnt`, v2 `max` events).
+fn limit_hits(cgroup: &MemoryCgroup) -> u64 {
+    if cgroup.v1 {
+        fs::read_to_string(cgroup.dir.join("memory.failcnt"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    } else {
+        fs::read_to_string(cgroup.dir.join("memory.events"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("max ").and_then(|n| n.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+}
+
+#[test]
+fn a_1_gib_registry_manifest_token_or_error_body_is_refused_naming_the_limit() {
+    if !have("python3") {
+        return;
+    }
+    let Some(cgroup) = MemoryCgroup::new("manifest") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for (mode, words, path) in [
+        (
+            "length",
+            "manifest is larger than its size limit of 4194304 bytes",
+            "/manifests/",
+        ),
+        (
+            "chunked",
+            "manifest is larger than its size limit of 4194304 bytes",
+            "/manifests/",
+        ),
+        (
+            "close",
+            "manifest is larger than its size limit of 4194304 bytes",
+            "/manifests/",
+        ),
+        (
+            "token",
+            "token response is larger than its size limit of 1048576 bytes",
+            "/token",
+        ),
+        ("error-body", "HTTP 404", "/manifests/"),
+    ] {
+        let registry = HugeRegistry::start(dir.path(), mode);
+        let target = dir.path().join(format!("{mode}.raw"));
+        let spec = format!("docker://127.0.0.1:{}/huge/disk:v1", registry.port);
+        let run = cgroup.run(&[
+            "convert",
+            "--quiet",
+            "--insecure",
+            &spec,
+            target.to_str().unwrap(),
+        ]);
+        let what = format!("1 GiB {mode}");
+        let code = run.status.and_then(|s| s.code());
+        if code != Some(1) || !run.stderr.contains(words) {
+            failures.push(format!(
+                "{what}: wanted exit 1 naming {words:?}: {}",
+                run.describe()
+            ));
+        }
+        if target.exists() {
+            failures.push(format!("{what}: a target was left"));
+        }
+        // The client hung up long before the GiB: at most the socket
+        // buffers beyond the limit were ever sent.
+        // (The server notices the hang-up on its next write: wait for its
+        // line, bounded.)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let sent = loop {
+            let sent = registry
+                .sent()
+                .iter()
+                .filter(|(p, _)| p.contains(path))
+                .map(|(_, n)| *n)
+                .max();
+            match sent {
+                Some(n) => break n,
+                None if std::time::Instant::now() > deadline => break u64::MAX,
+                None => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
+        if sent > 64 << 20 {
+            failures.push(format!("{what}: the server sent {sent} bytes"));
+        }
+        common::note(&format!(
+            "{what}: refused, {} KiB sent by the server",
+            sent >> 10
+        ));
+    }
+    if cgroup.oom_kills() != 0 || limit_hits(&cgroup) != 0 {
+        failures.push(format!(
+            "the cgroup hit its limit {} times, {} OOM kills",
+            limit_hits(&cgroup),
+            cgroup.oom_kills()
+        ));
+    }
+    common::finish("1 GiB registry responses in 600M", failures);
+}

@@ -12,6 +12,8 @@
 //! where a missing s3s-fs is a failure.
 
 mod common;
+#[path = "common/servers.rs"]
+mod servers;
 
 use std::ffi::OsString;
 use std::fs;
@@ -485,6 +487,12 @@ struct FaultProxy {
 
 impl FaultProxy {
     fn start(server: &S3Server, options: &[&str]) -> FaultProxy {
+        FaultProxy::start_to(server, server.port, options)
+    }
+
+    /// The proxy in front of 127.0.0.1:`upstream` (another proxy in front of
+    /// `server`).
+    fn start_to(server: &S3Server, upstream: u16, options: &[&str]) -> FaultProxy {
         let script = PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../shared/servers/fault_proxy.py"
@@ -498,7 +506,7 @@ impl FaultProxy {
         let mut child = Command::new("python3")
             .arg(&script)
             .arg("--upstream")
-            .arg(format!("127.0.0.1:{}", server.port))
+            .arg(format!("127.0.0.1:{upstream}"))
             .args(["--max-seconds", "120"])
             .args(options)
             .stdin(Stdio::null())
@@ -928,8 +936,18 @@ fn object_replaced_during_download_fails_naming_the_etag_change() {
     seed_big_raw(&server);
     let replacement = server.work().join("replacement.raw");
     make_raw(&replacement, 6, 99);
-    // The first connection is cut after 1 MiB; the resume follows 0.2 s later.
-    let proxy = FaultProxy::start(&server, &["--drop-after", "1048576", "--drop-times", "1"]);
+    // The first connection is cut after 1 MiB; the resume, on the second,
+    // waits at the gate (its request not sent) until the object is replaced.
+    let mut gate = servers::GateProxy::start(
+        &server.work().join("gate"),
+        server.port,
+        &["--hold-from-connection", "2"],
+    );
+    let proxy = FaultProxy::start_to(
+        &server,
+        gate.port,
+        &["--drop-after", "1048576", "--drop-times", "1"],
+    );
     let target = server.work().join("out.raw");
     let url = format!("http://127.0.0.1:{}/{BUCKET}/big.raw", proxy.port);
     let importer = {
@@ -940,14 +958,10 @@ fn object_replaced_during_download_fails_naming_the_etag_change() {
             import(&url, &target, &extra)
         })
     };
-    // Once the cut is logged (after HeadObject, before the resume), replace the
-    // object: a new file renamed over the old one.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while proxy.drops() == 0 && !importer.is_finished() {
-        assert!(Instant::now() < deadline, "the proxy never cut the stream");
-        thread::sleep(Duration::from_millis(2));
-    }
+    let waiting = gate.wait_holding(|| importer.is_finished());
     fs::rename(&replacement, server.root.join(BUCKET).join("big.raw")).unwrap();
+    gate.release();
+    assert!(waiting, "no second connection reached the gate");
 
     let result = importer.join().unwrap();
     assert_eq!(proxy.drops(), 1, "the proxy did not cut the stream");

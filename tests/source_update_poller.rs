@@ -3,7 +3,9 @@
 //! fake Kubernetes API server (`tests/support/fake_kube_api.py`, HTTPS with a
 //! test CA) that serves the DataImportCron and records the PATCH. The digest
 //! written must be the sha256 of the top-level manifest bytes skopeo reports
-//! (the index, not a platform's manifest).
+//! (the index, not a platform's manifest). Through CDI's import proxy
+//! (tinyproxy, `https_proxy` as the CronJob sets it) the registry is reached
+//! only through the proxy's tunnel, and the API server around it.
 
 mod common;
 #[path = "common/servers.rs"]
@@ -16,7 +18,7 @@ use std::process::{Command, Output, Stdio};
 use sha2::{Digest, Sha256};
 
 use common::BIN;
-use servers::{parse_env, require_servers, wait_port, Server, START_TIMEOUT};
+use servers::{parse_env, require_servers, wait_port, Server, Tinyproxy, START_TIMEOUT};
 
 const TOKEN: &str = "test-service-account-token-d41d8cd9";
 const NS: &str = "golden";
@@ -169,6 +171,11 @@ impl Setup {
 
     /// Runs the poller as CDI's CronJob does, with `creds`.
     fn poll(&self, creds: (&str, &str)) -> Output {
+        self.poll_with(creds, &[])
+    }
+
+    /// [`Setup::poll`] with more environment (the CronJob's proxy variables).
+    fn poll_with(&self, creds: (&str, &str), extra_env: &[(&str, &str)]) -> Output {
         let dir = tempfile::tempdir().unwrap();
         let program = dir.path().join("cdi-source-update-poller");
         std::os::unix::fs::symlink(BIN, &program).unwrap();
@@ -184,7 +191,8 @@ impl Setup {
             .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
             .env("KUBERNETES_SERVICE_PORT", self.api_port.to_string())
             .env("IMPORTER_ACCESS_KEY_ID", creds.0)
-            .env("IMPORTER_SECRET_KEY", creds.1);
+            .env("IMPORTER_SECRET_KEY", creds.1)
+            .envs(extra_env.iter().copied());
         let out = cmd.stdin(Stdio::null()).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains(TOKEN), "the token leaked: {stderr}");
@@ -277,6 +285,78 @@ fn poller_patches_the_index_digest_into_the_cron() {
         ops[0]["path"],
         "/metadata/annotations/cdi.kubevirt.io~1storage.import.lastCronTime"
     );
+    setup.api.check_alive();
+}
+
+/// With the CronJob's lower-case proxy variables, the registry is reached
+/// through the proxy: tinyproxy logs a CONNECT to the registry, the digest is
+/// the index's, and the Kubernetes API calls do not go through it (CDI's API
+/// client bypasses the import proxy). With the proxy down the poll fails
+/// (exit 1, the cron untouched) instead of going around it.
+#[test]
+fn poller_reaches_the_registry_through_the_import_proxy() {
+    let mut needs = vec![
+        "docker-registry",
+        "skopeo",
+        "htpasswd",
+        "openssl",
+        "python3",
+    ];
+    needs.extend(Tinyproxy::NEEDS);
+    let Some(servers) = require_servers(&needs) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let mut setup = Setup::start(&servers, work.path());
+    let (user, pass) = (setup.user.clone(), setup.pass.clone());
+
+    // A port nothing listens on: the proxy is down.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let down = format!("http://127.0.0.1:{closed}");
+    let out = setup.poll_with(
+        (&user, &pass),
+        &[("https_proxy", &down), ("http_proxy", &down)],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(setup.requests().is_empty(), "no API call before a digest");
+
+    let proxy = Tinyproxy::start(&work.path().join("tinyproxy"));
+    let out = setup.poll_with(
+        (&user, &pass),
+        &[
+            ("https_proxy", &proxy.url()),
+            ("http_proxy", &proxy.url()),
+            ("no_proxy", ""),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("Digest is {}", setup.index_digest)),
+        "{stderr}"
+    );
+    let log = proxy.requests();
+    let tunnels = log
+        .lines()
+        .filter(|l| l.contains(&format!("CONNECT 127.0.0.1:{}", setup.reg_port)))
+        .count();
+    assert!(
+        tunnels >= 1,
+        "the registry was not reached through the proxy:\n{log}"
+    );
+    assert!(
+        !log.contains(&format!(":{}", setup.api_port)),
+        "the API calls went through the proxy:\n{log}"
+    );
+    let requests = setup.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[1]["method"], "PATCH");
+    let ops: serde_json::Value =
+        serde_json::from_str(requests[1]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(ops[1]["value"], setup.index_digest.as_str(), "{ops}");
     setup.api.check_alive();
 }
 

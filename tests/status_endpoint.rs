@@ -1,6 +1,7 @@
 //! The progress endpoint of `diskimport import`, scraped as CDI's controller
-//! scrapes it: the real binary with CDI's environment imports a qcow2 from a
-//! throttled nginx (`/slow/`, 256 KiB/s after 64 KiB) while this test reads
+//! scrapes it: the real binary with CDI's environment imports a qcow2 from
+//! nginx through `gate_proxy.py`, which holds the body part-way until the
+//! test has scraped the transfer three times, while this test reads
 //! `https://127.0.0.1:PORT/metrics` every 200 ms with a client that skips
 //! certificate checks, and parses the value with the controller's regex.
 //!
@@ -21,7 +22,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{qemu_img, BIN};
-use servers::{require_servers, Nginx};
+use servers::{require_servers, GateProxy, Nginx};
 
 const OWNER_UID: &str = "some-uid";
 /// The whole import run, scrapes included, must end within this.
@@ -35,8 +36,7 @@ fn controller_regex() -> regex::Regex {
     .unwrap()
 }
 
-/// A ~2 MiB qcow2 (incompressible data, so the throttled download takes
-/// several seconds), served by nginx.
+/// A ~2 MiB qcow2 of incompressible data, served by nginx.
 struct Served {
     nginx: Nginx,
     size: u64,
@@ -287,10 +287,18 @@ fn status_json(client: &reqwest::blocking::Client, url: &str) -> serde_json::Val
 }
 
 #[test]
-fn progress_is_scraped_over_https_during_a_throttled_import_and_reaches_100() {
+fn progress_is_scraped_over_https_during_a_held_import_and_reaches_100() {
     let Some(served) = serve_image() else { return };
     let root = fifo_root();
-    let url = served.nginx.http("slow/disk.qcow2");
+    // The body is held at three quarters (past the first 1 MiB chunk the
+    // reader takes) until three scrapes saw it transferring.
+    let hold = (served.size / 4 * 3).to_string();
+    let gate = GateProxy::start(
+        &served._dir.path().join("gate"),
+        served.nginx.http_port,
+        &["--hold-after", &hold],
+    );
+    let url = gate.url("disk.qcow2");
     let mut importer = Importer::start(root.path(), &url);
     let client = client();
 
@@ -321,6 +329,9 @@ fn progress_is_scraped_over_https_during_a_throttled_import_and_reaches_100() {
             assert!((0.0..=100.0).contains(&percent), "{status}");
             assert!(status["rate_bytes_per_second"].as_f64().unwrap() >= 0.0);
             assert!(status["error"].is_null(), "{status}");
+            if transferring == 3 {
+                gate.release();
+            }
         }
         if phase == "succeeded" || phase == "failed" {
             break status;

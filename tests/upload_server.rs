@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::loop_device::LoopDevice;
 use common::{compare_files, compare_prefix, note, qemu_convert, sha256_file, BIN};
 
 const CLIENT_NAME: &str = "client.upload-server.cdi.kubevirt.io";
@@ -531,47 +532,51 @@ fn fill_random(buf: &mut [u8], seed: u64) {
     }
 }
 
-/// A loop device over a sparse file, filled with random bytes, detached on drop.
-struct LoopDevice {
-    device: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl LoopDevice {
-    fn new(size: u64, sector: u32) -> Option<LoopDevice> {
-        let dir = tempfile::tempdir().unwrap();
-        let backing = dir.path().join("backing.img");
-        let mut data = vec![0u8; size as usize];
-        fill_random(&mut data, 99);
-        std::fs::write(&backing, data).unwrap();
-        let out = Command::new("losetup")
-            .args(["-f", "--show", "--sector-size", &sector.to_string()])
-            .arg(&backing)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(LoopDevice {
-                device: PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
-                _dir: dir,
-            }),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                    Err(e) => e.to_string(),
-                };
-                if std::env::var_os("CI").is_some() {
-                    panic!("CI is set but no loop device could be made (root needed): {why}");
-                }
-                note(&format!("skipped: no loop device ({why}); run as root"));
-                None
-            }
+/// What a successful upload leaves, as a list of problems (empty when all is
+/// well): a 200; the disk equal to `reference` (`/data/disk.img`, or the
+/// first bytes of `device` for a Block target, with nothing in `/data`); an
+/// empty scratch directory; exit 0; CDI's termination message; a completion
+/// line in the log.
+fn finished_upload(
+    server: &mut Server,
+    reply: &Reply,
+    device: Option<&Path>,
+    reference: &Path,
+) -> Vec<String> {
+    if reply.code != 200 {
+        return vec![format!("{reply:?}; log: {}", server.log())];
+    }
+    let mut problems = Vec::new();
+    let (compared, data) = match device {
+        None => (
+            compare_files(&server.disk(), reference),
+            vec!["disk.img".to_string()],
+        ),
+        Some(device) => {
+            let len = std::fs::metadata(reference).unwrap().len();
+            (compare_prefix(device, reference, len), Vec::new())
         }
+    };
+    if let Err(e) = compared {
+        problems.push(e);
     }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    if !server.scratch_entries().is_empty() {
+        problems.push(format!("scratch used: {:?}", server.scratch_entries()));
     }
+    if server.data_entries() != data {
+        problems.push(format!("/data holds {:?}", server.data_entries()));
+    }
+    let status = server.wait_exit();
+    if !status.success() {
+        problems.push(format!("exit {status}"));
+    }
+    if server.termination() != r#"{"preallocationApplied":false,"message":"Upload Complete"}"# {
+        problems.push(format!("termination {:?}", server.termination()));
+    }
+    if !server.log().contains("upload complete") {
+        problems.push("no completion line in the log".to_string());
+    }
+    problems
 }
 
 /// Every format, virtctl-style, each to a fresh server on a Filesystem
@@ -619,32 +624,11 @@ fn every_format_converts_in_the_stream_to_a_filesystem_target() {
             Setup::default().with("UPLOAD_IMAGE_SIZE", &size.to_string()),
         );
         let reply = virtctl_upload(&server, &pki, image);
-        if reply.code != 200 {
-            failures.push(format!("{name}: {reply:?}; log: {}", server.log()));
-            continue;
-        }
-        if let Err(e) = compare_files(&server.disk(), &reference) {
-            failures.push(format!("{name}: {e}"));
-        }
-        if !server.scratch_entries().is_empty() {
-            failures.push(format!(
-                "{name}: scratch used: {:?}",
-                server.scratch_entries()
-            ));
-        }
-        if server.data_entries() != ["disk.img"] {
-            failures.push(format!("{name}: /data holds {:?}", server.data_entries()));
-        }
-        let status = server.wait_exit();
-        if !status.success() {
-            failures.push(format!("{name}: exit {status}"));
-        }
-        if server.termination() != r#"{"preallocationApplied":false,"message":"Upload Complete"}"# {
-            failures.push(format!("{name}: termination {:?}", server.termination()));
-        }
-        if !server.log().contains("upload complete") {
-            failures.push(format!("{name}: no completion line in the log"));
-        }
+        failures.extend(
+            finished_upload(&mut server, &reply, None, &reference)
+                .into_iter()
+                .map(|e| format!("{name}: {e}")),
+        );
     }
     note(&format!(
         "upload formats: {} of {} identical to qemu-img",
@@ -652,6 +636,124 @@ fn every_format_converts_in_the_stream_to_a_filesystem_target() {
         cases.len()
     ));
     common::finish("upload formats", failures);
+}
+
+/// One image per format beyond qcow2/raw/ISO (`testdata/make_upload_formats.sh`:
+/// VMDK monolithicSparse and streamOptimized, VHD dynamic and fixed, VHDX, VDI,
+/// and an OVA around a streamOptimized VMDK), each uploaded virtctl-style to a
+/// fresh server twice: on a Filesystem target and on a fresh 4 KiB-sector loop
+/// device full of random bytes. Each disk equals qemu-img's conversion, the
+/// scratch directory stays empty, and the device's bytes past the disk are
+/// untouched but for its last MiB, zeroed.
+#[test]
+fn every_new_format_uploads_to_a_filesystem_and_a_4k_block_target() {
+    if !require(&["curl", "openssl", "qemu-img", "tar", "losetup"]) {
+        return;
+    }
+    let dir = common::generated_matrix(
+        "DISKIMPORT_UPLOAD_FORMATS_DIR",
+        "upload_formats",
+        "make_upload_formats.sh",
+    );
+    let manifest = std::fs::read_to_string(dir.join("manifest.txt")).unwrap();
+    let cases: Vec<(&str, PathBuf, PathBuf)> = manifest
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(fields.len(), 3, "manifest line {line:?}");
+            (fields[0], dir.join(fields[1]), dir.join(fields[2]))
+        })
+        .collect();
+    let labels: Vec<&str> = cases.iter().map(|(label, ..)| *label).collect();
+    for wanted in [
+        "vmdk-monolithicSparse",
+        "vmdk-streamOptimized",
+        "vhd-dynamic",
+        "vhd-fixed",
+        "vhdx",
+        "vdi",
+        "ova-streamOptimized",
+    ] {
+        assert!(labels.contains(&wanted), "{wanted} missing from {labels:?}");
+    }
+    const DEVICE: u64 = 32 * MIB;
+    let pki = Pki::new();
+    let mut failures = Vec::new();
+    for (label, image, reference) in &cases {
+        let size = std::fs::metadata(reference).unwrap().len();
+        assert!(
+            size <= DEVICE - MIB && size % 4096 == 0,
+            "{label}: size {size}"
+        );
+
+        // A fixed VHD streams as raw until its footer, the last 512 bytes,
+        // arrives: it is sized from Content-Length, so its volume must hold
+        // the footer too (as CDI's, which keeps the footer, must); disk.img
+        // is then the volume rounded down, the disk's size.
+        let volume = if *label == "vhd-fixed" {
+            std::fs::metadata(image).unwrap().len()
+        } else {
+            size
+        };
+        let mut server = Server::start(
+            &pki,
+            Setup::default().with("UPLOAD_IMAGE_SIZE", &volume.to_string()),
+        );
+        let reply = virtctl_upload(&server, &pki, image);
+        failures.extend(
+            finished_upload(&mut server, &reply, None, reference)
+                .into_iter()
+                .map(|e| format!("{label} (filesystem): {e}")),
+        );
+
+        let Some(device) = LoopDevice::new(DEVICE, 4096) else {
+            return;
+        };
+        // Past the disk the device keeps its bytes, except its last MiB,
+        // which the block sink zeroes (no stale backup GPT).
+        let kept = DEVICE - MIB - size;
+        let kept_before = read_range(&device.device, size, kept);
+        let mut server = Server::start(
+            &pki,
+            Setup {
+                block: Some(device.device.as_path()),
+                ..Setup::default()
+            }
+            .with("UPLOAD_IMAGE_SIZE", &DEVICE.to_string()),
+        );
+        let reply = virtctl_upload(&server, &pki, image);
+        let mut problems = finished_upload(&mut server, &reply, Some(&device.device), reference);
+        if read_range(&device.device, size, kept) != kept_before {
+            problems.push("bytes past the disk changed on the device".to_string());
+        }
+        if read_range(&device.device, DEVICE - MIB, MIB)
+            .iter()
+            .any(|&b| b != 0)
+        {
+            problems.push("the device's last MiB is not zero".to_string());
+        }
+        failures.extend(
+            problems
+                .into_iter()
+                .map(|e| format!("{label} (4K block): {e}")),
+        );
+    }
+    note(&format!(
+        "upload of the new formats: {} images x 2 targets, {} failure(s)",
+        cases.len(),
+        failures.len()
+    ));
+    common::finish("upload of the new formats", failures);
+}
+
+/// `len` bytes of `path` from `offset`.
+fn read_range(path: &Path, offset: u64, len: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).unwrap();
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact(&mut buf).unwrap();
+    buf
 }
 
 /// A qcow2 onto a 4 KiB-sector loop device (Block volume): the device

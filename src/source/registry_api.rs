@@ -153,7 +153,7 @@ impl RegistryApi {
             if response.status().as_u16() != 200 {
                 return Err(request::status_error(&self.net, &shown, response).await);
             }
-            request::read_bounded(&self.net, &shown, response, MAX_TOKEN).await
+            request::read_bounded(&self.net, &shown, response, "token response", MAX_TOKEN).await
         })
         .await?;
         #[derive(serde::Deserialize)]
@@ -231,7 +231,8 @@ impl RegistryApi {
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.split(';').next().unwrap_or_default().trim().to_string());
-            let body = request::read_bounded(&self.net, &shown, response, MAX_MANIFEST).await?;
+            let body = request::read_bounded(&self.net, &shown, response, "manifest", MAX_MANIFEST)
+                .await?;
             Ok((body, media_type, shown))
         })
         .await?;
@@ -255,7 +256,7 @@ impl RegistryApi {
             if response.status().as_u16() != 200 {
                 return Err(request::status_error(&self.net, &shown, response).await);
             }
-            request::read_bounded(&self.net, &shown, response, limit).await
+            request::read_bounded(&self.net, &shown, response, "config blob", limit).await
         })
         .await
     }

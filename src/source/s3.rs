@@ -198,21 +198,9 @@ pub fn open(
 }
 
 /// `spec` as it may appear in messages: without user info or query (a
-/// presigned URL's signature, keys in the URL).
+/// presigned URL's signature, keys in the URL), even when it does not parse.
 fn shown_spec(spec: &str) -> String {
-    match url::Url::parse(spec) {
-        Ok(mut url) => {
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            url.set_query(None);
-            url.to_string()
-        }
-        Err(_) => spec
-            .split(['?', '@'])
-            .next()
-            .unwrap_or_default()
-            .to_string(),
-    }
+    DisplayUrl::of_spec(spec).to_string()
 }
 
 /// Splits `spec` into endpoint, region, bucket and key.
@@ -231,10 +219,17 @@ fn parse_location(spec: &str, options: &SourceOptions) -> Result<Location, S3Err
             let key = percent_decode(url.path().trim_start_matches('/'));
             let endpoint = match options.endpoint.as_deref().filter(|e| !e.is_empty()) {
                 Some(e) => {
-                    let parsed = url::Url::parse(e)
-                        .map_err(|err| bad(&format!("--endpoint {e:?} is not a URL: {err}")))?;
+                    let parsed = url::Url::parse(e).map_err(|err| {
+                        bad(&format!(
+                            "--endpoint {} is not a URL: {err}",
+                            DisplayUrl::of_spec(e)
+                        ))
+                    })?;
                     if !matches!(parsed.scheme(), "http" | "https") {
-                        return Err(bad(&format!("--endpoint {e:?} is not http(s)")));
+                        return Err(bad(&format!(
+                            "--endpoint {} is not http(s)",
+                            DisplayUrl::new(&parsed)
+                        )));
                     }
                     Some(e.trim_end_matches('/').to_string())
                 }
@@ -819,6 +814,11 @@ mod tests {
             "https://host:9000/b/k"
         );
         assert_eq!(shown_spec("not a url?secret"), "not a url");
+        // Unparsable, with user info: the secret before the `@` goes too.
+        assert_eq!(
+            shown_spec("http://AK:SK@[::1/b/k?X-Amz-Signature=abc"),
+            "http://[::1/b/k"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `cdi-containerimage-server` (also started as `/shared/server`): the node-pull
 //! sidecar CDI runs as the entrypoint of the user's containerDisk image
 //! (cdi-tools-contract.md §2). It serves the image directory's one disk file
-//! over plain HTTP on 127.0.0.1 (HEAD, ranges and conditional requests by
-//! `tower-http`'s file service), answers `GET /info` with its environment,
+//! over plain HTTP on 127.0.0.1 (HEAD and conditional requests by
+//! `tower-http`'s file service; ranges, errors and redirects as Go's file
+//! server sends them, byte for byte, by [`super::range_request`] and the
+//! helpers here), answers `GET /info` with its environment,
 //! writes the file's bare name to the ready file, and exits 0 once the
 //! importer creates the done file.
 //!
@@ -18,12 +20,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use futures_util::TryStreamExt;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
+
+use super::range_request::{self, Piece, RangeAsk};
 
 /// How often the done file is looked for (CDI's server stats it once a second).
 pub const DONE_POLL: Duration = Duration::from_secs(1);
@@ -153,6 +159,7 @@ async fn serve(config: &ServerConfig, disk: PathBuf, env: Vec<String>) -> Result
     let routes = Arc::new(Routes {
         disk_path: format!("/{name}"),
         disk,
+        dir: config.image_dir.clone(),
         info: info_body(&env),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -246,8 +253,13 @@ type Body = UnsyncBoxBody<Bytes, io::Error>;
 struct Routes {
     disk_path: String,
     disk: PathBuf,
+    dir: PathBuf,
     info: Bytes,
 }
+
+/// What Go's sniffing names a disk image (no extension maps to a type in a
+/// containerDisk image, which has no `/etc/mime.types`).
+const DISK_TYPE: &str = "application/octet-stream";
 
 impl Routes {
     async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
@@ -255,9 +267,34 @@ impl Routes {
         if path == "/info" {
             return simple(StatusCode::OK, "application/json", self.info.clone());
         }
+        if let Some(location) = redirect_target(&path, &self.disk_path) {
+            let location = match req.uri().query() {
+                Some(q) => format!("{location}?{q}"),
+                None => location,
+            };
+            return redirect(req.method(), &location, path != clean_path(&path));
+        }
         if path == self.disk_path {
+            if let Some(response) = self.ranged(&req).await {
+                return response;
+            }
+            let mut req = req;
+            // Ranges Go ignores (they add up to more than the file) get the
+            // whole file.
+            req.headers_mut().remove(hyper::header::RANGE);
             return match ServeFile::new(&self.disk).oneshot(req).await {
-                Ok(response) => response.map(|b| b.map_err(io::Error::other).boxed_unsync()),
+                Ok(response) => {
+                    let mut response = response.map(|b| b.map_err(io::Error::other).boxed_unsync());
+                    if response.status() == StatusCode::NOT_MODIFIED {
+                        // Go keeps Last-Modified on a 304.
+                        if let Some(modified) = modified_header(&self.disk) {
+                            response
+                                .headers_mut()
+                                .insert(hyper::header::LAST_MODIFIED, modified);
+                        }
+                    }
+                    response
+                }
                 Err(e) => simple(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "text/plain; charset=utf-8",
@@ -268,14 +305,206 @@ impl Routes {
         if path == "/" {
             let name = html_escape(&self.disk_path[1..]);
             let listing = format!("<pre>\n<a href=\"{name}\">{name}</a>\n</pre>\n");
-            return simple(StatusCode::OK, "text/html; charset=utf-8", listing.into());
+            let mut response = simple(StatusCode::OK, "text/html; charset=utf-8", listing.into());
+            if let Some(modified) = modified_header(&self.dir) {
+                response
+                    .headers_mut()
+                    .insert(hyper::header::LAST_MODIFIED, modified);
+            }
+            return response;
         }
-        simple(
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            Bytes::from_static(b"404 page not found\n"),
-        )
+        go_error(StatusCode::NOT_FOUND, "404 page not found\n")
     }
+
+    /// A `Range` request answered as Go answers it, or `None` for the file
+    /// service (no `Range`, ranges Go ignores, or conditional headers, which
+    /// the file service evaluates).
+    async fn ranged(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
+        use hyper::header::{self, HeaderValue};
+        let headers = req.headers();
+        let value = headers.get(header::RANGE)?;
+        let conditional = [
+            header::IF_RANGE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
+        ];
+        if conditional.iter().any(|h| headers.contains_key(h)) {
+            return None;
+        }
+        let meta = tokio::fs::metadata(&self.disk).await.ok()?;
+        let size = meta.len();
+        let ranges = match range_request::parse(value.to_str().unwrap_or("-"), size) {
+            RangeAsk::Whole => return None,
+            RangeAsk::Invalid => {
+                return Some(self.range_error(go_error(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "invalid range\n",
+                )))
+            }
+            RangeAsk::NoOverlap => {
+                let mut response = go_error(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "invalid range: failed to overlap\n",
+                );
+                response.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{size}")).expect("ASCII"),
+                );
+                return Some(self.range_error(response));
+            }
+            RangeAsk::Ranges(ranges) => ranges,
+        };
+        let (pieces, content_type, content_range) = if let [range] = ranges[..] {
+            (
+                vec![Piece::File(range)],
+                DISK_TYPE.to_string(),
+                Some(range.content_range(size)),
+            )
+        } else {
+            let boundary = range_request::random_boundary();
+            (
+                range_request::multipart(&ranges, size, DISK_TYPE, &boundary),
+                format!("multipart/byteranges; boundary={boundary}"),
+                None,
+            )
+        };
+        let length = range_request::body_length(&pieces);
+        let body: Body = if req.method() == hyper::Method::HEAD {
+            Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        } else {
+            StreamBody::new(range_request::stream_pieces(&self.disk, pieces).map_ok(Frame::data))
+                .boxed_unsync()
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let h = response.headers_mut();
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(&content_type).expect("ASCII"),
+        );
+        if let Some(range) = content_range {
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&range).expect("ASCII"),
+            );
+        }
+        if let Some(modified) = modified_header(&self.disk) {
+            h.insert(header::LAST_MODIFIED, modified);
+        }
+        Some(response)
+    }
+
+    /// A 416 with Go's reason phrase (`Requested Range Not Satisfiable`) and
+    /// the file's Last-Modified, as Go's file server sends it.
+    fn range_error(&self, mut response: Response<Body>) -> Response<Body> {
+        response
+            .extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(
+                b"Requested Range Not Satisfiable",
+            ));
+        if let Some(modified) = modified_header(&self.disk) {
+            response
+                .headers_mut()
+                .insert(hyper::header::LAST_MODIFIED, modified);
+        }
+        response
+    }
+}
+
+/// Go's `http.Error`: plain text, `X-Content-Type-Options: nosniff`.
+fn go_error(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = simple(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(text.as_bytes()),
+    );
+    response.headers_mut().insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        hyper::header::HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// `path`'s modification time as an HTTP date.
+fn modified_header(path: &Path) -> Option<hyper::header::HeaderValue> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    hyper::header::HeaderValue::from_str(&httpdate::fmt_http_date(modified)).ok()
+}
+
+/// Go's `path.Clean` of an absolute URL path, keeping a trailing slash (what
+/// Go's `ServeMux` redirects to when a request path is not clean).
+fn clean_path(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    let mut clean = format!("/{}", parts.join("/"));
+    if path.ends_with('/') && clean != "/" {
+        clean.push('/');
+    }
+    clean
+}
+
+/// Where Go sends a request for `path` instead of answering it: the clean
+/// path when `path` is not clean (`ServeMux`), the disk without its trailing
+/// slash, and `./` for an `index.html` (`FileServer`).
+fn redirect_target(path: &str, disk_path: &str) -> Option<String> {
+    let clean = clean_path(path);
+    if clean != path {
+        return Some(clean);
+    }
+    if path.ends_with("/index.html") {
+        return Some("./".to_string());
+    }
+    if path.strip_suffix('/') == Some(disk_path) {
+        return Some(format!("../{}", &disk_path[1..]));
+    }
+    None
+}
+
+/// A 301 to `location`: from `ServeMux` (`mux`: typed HTML, and for a GET a
+/// one-line link body, as Go's `http.Redirect`) or from `FileServer` (no
+/// body).
+fn redirect(method: &hyper::Method, location: &str, mux: bool) -> Response<Body> {
+    use hyper::header::{self, HeaderValue};
+    let get = method == hyper::Method::GET;
+    let body = if mux && get {
+        format!(
+            "<a href=\"{}\">Moved Permanently</a>.\n\n",
+            html_escape(location)
+        )
+    } else {
+        String::new()
+    };
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    let h = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        h.insert(header::LOCATION, value);
+    }
+    if mux && (get || method == hyper::Method::HEAD) {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+    }
+    response
 }
 
 fn simple(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {

@@ -5,5 +5,6 @@
 
 pub mod containerimage_server;
 pub mod kube_api;
+pub mod range_request;
 pub mod size_detection;
 pub mod source_update_poller;

@@ -390,6 +390,105 @@ impl FaultProxy {
     }
 }
 
+/// `tests/support/gate_proxy.py`: a TCP proxy that holds a transfer at a
+/// known point until the test opens the gate, so a test acts while an import
+/// is provably mid-transfer, whatever the machine's speed.
+pub struct GateProxy {
+    pub server: Server,
+    pub port: u16,
+    /// Its event log ("conn C held after B bytes", "conn C waiting", ...).
+    pub log: PathBuf,
+    release: PathBuf,
+}
+
+impl GateProxy {
+    /// Proxies to 127.0.0.1:`upstream` with gate options `args` (see
+    /// `gate_proxy.py --help`: `--hold-after BYTES`, `--hold-from-connection
+    /// N`); its files go to `work`. Exits by itself after 300 s.
+    pub fn start(work: &Path, upstream: u16, args: &[&str]) -> GateProxy {
+        fs::create_dir_all(work).expect("gate proxy work dir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/gate_proxy.py");
+        let port_file = work.join("port");
+        let log = work.join("gate.log");
+        let release = work.join("open");
+        let mut argv: Vec<std::ffi::OsString> = vec![
+            script.into(),
+            "--upstream".into(),
+            format!("127.0.0.1:{upstream}").into(),
+            "--release".into(),
+            release.clone().into(),
+            "--port".into(),
+            "0".into(),
+            "--port-file".into(),
+            port_file.clone().into(),
+            "--log".into(),
+            log.clone().into(),
+            "--max-seconds".into(),
+            "300".into(),
+        ];
+        argv.extend(args.iter().map(|a| a.into()));
+        let argv_ref: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
+        let python = find_program("python3").expect("python3");
+        let mut server = Server::spawn(
+            "gate_proxy.py",
+            &python,
+            &argv_ref,
+            &[],
+            &work.join("out.log"),
+        );
+        server.wait_until("port file", START_TIMEOUT, || port_file.is_file());
+        let port: u16 = fs::read_to_string(&port_file)
+            .expect("read port file")
+            .trim()
+            .parse()
+            .expect("port number");
+        server.check_alive();
+        GateProxy {
+            server,
+            port,
+            log,
+            release,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
+    }
+
+    /// Whether a connection is held at the gate now (held or waiting, and not
+    /// released yet).
+    pub fn holding(&self) -> bool {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let held = text.matches(" held after ").count() + text.matches(" waiting").count();
+        held > text.matches(" released").count()
+    }
+
+    /// Waits (bounded) until a connection is held at the gate; false if
+    /// `gave_up` says the client ended first, or after [`START_TIMEOUT`]
+    /// times four.
+    pub fn wait_holding(&mut self, mut gave_up: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + START_TIMEOUT * 4;
+        while !self.holding() {
+            if gave_up() || Instant::now() > deadline {
+                return false;
+            }
+            self.server.check_alive();
+            thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Opens the gate: every held connection goes on, and none is held again.
+    pub fn release(&self) {
+        fs::write(&self.release, b"").expect("open the gate");
+    }
+}
+
 /// tinyproxy (Debian's `tinyproxy`), a real forward proxy on 127.0.0.1 that
 /// tunnels `CONNECT` for https and logs every request it handles.
 pub struct Tinyproxy {

@@ -17,7 +17,6 @@
 //! VMDK, VHD, VHDX and VDI get the same guarantees from the same code.
 //!
 //! - `core`: the engine and the claim calls.
-//! - `bitmap`: runs of set and clear bits in a per-block sector bitmap.
 //! - `codec`: decompressing one unit.
 //! - `inflate_pool`: decompressing units on other threads.
 //! - `retained`: unclaimed bytes.
@@ -26,7 +25,6 @@
 //! - `map`: the allocation map.
 //! - `error`: [`StreamError`] and the format-naming [`ImageError`].
 
-pub mod bitmap;
 pub mod codec;
 mod core;
 pub mod error;

@@ -1,30 +1,26 @@
 //! Dynamic VHD on the streaming engine: the footer copy at 0 names the dynamic
 //! header; the header names the BAT; each allocated BAT entry names a block, a
-//! sector bitmap followed by the block's data. The bitmap is a table per block:
-//! its set bits become data claims, its clear bits zero claims (a sector not
-//! present in a dynamic disk reads as zeros; qemu writes all-ones bitmaps, so
-//! qemu-made images map every sector of an allocated block). In the map, an
+//! sector bitmap followed by the block's data. As in qemu, which reads the whole
+//! block whatever its bitmap says (and writes all-ones bitmaps), the bitmap is
+//! not read: every sector of an allocated block is data, and the bitmap is
+//! known garbage. That keeps the output byte-identical to `qemu-img convert`
+//! on images whose bitmaps have clear bits over non-zero data. In the map, an
 //! unallocated block is "zero" as in `qemu-img map` (a VHD has no backing file).
 //!
-//! Bitmaps are claimed in host order, a window at a time, so that an image with a
-//! million allocated blocks never holds a million pending claims. Once the BAT is
-//! read, every structure the image can still name is known (the bitmaps), so every
-//! unclaimed byte after that point is garbage and never kept.
+//! Once the BAT is read, every block is known, so every unclaimed byte after
+//! that point is garbage and never kept.
 //!
 //! Metadata that a block must not land on: the footer copy, the dynamic header
 //! and the BAT; blocks must not overlap each other (qemu accepts both).
 
 use super::error::VhdError;
 use super::header::{DynamicHeader, Footer, DYNAMIC_HEADER_LEN, FOOTER_LEN};
-use crate::format::engine::bitmap::{bit_runs, BitOrder};
 use crate::format::engine::{Claims, Fault, Mapping, StreamError, TableFormat};
 
 /// Tag of the dynamic header.
 const TAG_HEADER: u64 = u64::MAX;
-/// Tag of the BAT; a bitmap's tag is its position in `blocks`.
+/// Tag of the BAT.
 const TAG_BAT: u64 = u64::MAX - 1;
-/// Sector bitmaps claimed ahead of the stream.
-const BITMAP_WINDOW: usize = 64;
 /// A BAT entry for a block that is not allocated.
 const UNALLOCATED: u32 = 0xFFFF_FFFF;
 
@@ -35,8 +31,6 @@ pub struct VhdTables {
     header: Option<DynamicHeader>,
     /// Allocated blocks in host order: (host offset of the bitmap, BAT index).
     blocks: Vec<(u64, u64)>,
-    /// The next entry of `blocks` whose bitmap is not claimed yet.
-    next_bitmap: usize,
     /// Where the footer at the end starts at the earliest: past the BAT and
     /// every block (qemu's "free data block offset").
     footer_at: u64,
@@ -50,7 +44,6 @@ impl VhdTables {
             footer,
             header: None,
             blocks: Vec::new(),
-            next_bitmap: 0,
             footer_at: 0,
         }
     }
@@ -177,59 +170,20 @@ impl VhdTables {
         if let Some(&(last, _)) = self.blocks.last() {
             self.footer_at = self.footer_at.max(last + span);
         }
-        // Nothing but the bitmaps below can be claimed from now on.
+        // Nothing but the blocks below can be claimed from now on.
         claims.add_garbage(claims.cursor(), u64::MAX)?;
-        if h.bitmap_size() == 0 {
-            // No bitmap to read: every sector of an allocated block is data.
-            for &(host, index) in &self.blocks {
-                let guest = index * block_size;
-                claims.data(guest, host, block_size.min(self.disk_size - guest))?;
-            }
-            self.next_bitmap = self.blocks.len();
-            return Ok(claims.flush_runs()?);
+        // The bitmaps are not read (see the module doc): every sector of an
+        // allocated block is data.
+        let data_offset = h.bitmap_size();
+        for &(host, index) in &self.blocks {
+            let guest = index * block_size;
+            claims.data(
+                guest,
+                host + data_offset,
+                block_size.min(self.disk_size - guest),
+            )?;
         }
-        while self.next_bitmap < self.blocks.len().min(BITMAP_WINDOW) {
-            self.want_next_bitmap(claims)?;
-        }
-        Ok(())
-    }
-
-    fn want_next_bitmap(&mut self, claims: &mut Claims<'_>) -> Result<(), Fault> {
-        let (host, _) = self.blocks[self.next_bitmap];
-        let bitmap = self.dynamic_header().bitmap_size();
-        claims.want_table(host, bitmap, self.next_bitmap as u64)?;
-        self.next_bitmap += 1;
-        Ok(())
-    }
-
-    /// One block's bitmap: set runs are data right after the bitmap, clear runs
-    /// zeros.
-    fn parse_bitmap(
-        &mut self,
-        position: usize,
-        bitmap: &[u8],
-        claims: &mut Claims<'_>,
-    ) -> Result<(), Fault> {
-        let (host, index) = self.blocks[position];
-        let h = self.dynamic_header();
-        let block_size = u64::from(h.block_size);
-        let data = host + h.bitmap_size();
-        let guest = index * block_size;
-        let sectors = block_size.min(self.disk_size - guest) / 512;
-        for run in bit_runs(bitmap, sectors, BitOrder::MsbFirst) {
-            let at = run.start * 512;
-            let len = run.len * 512;
-            if run.set {
-                claims.data(guest + at, data + at, len)?;
-            } else {
-                claims.zero(guest + at, len, Mapping::Zero { host: None })?;
-            }
-        }
-        claims.flush_runs()?;
-        if self.next_bitmap < self.blocks.len() {
-            self.want_next_bitmap(claims)?;
-        }
-        Ok(())
+        Ok(claims.flush_runs()?)
     }
 }
 
@@ -260,7 +214,7 @@ impl TableFormat for VhdTables {
         match tag {
             TAG_HEADER => self.parse_header(bytes, claims),
             TAG_BAT => self.parse_bat(bytes, claims),
-            position => self.parse_bitmap(position as usize, bytes, claims),
+            _ => unreachable!("only the header and the BAT are wanted"),
         }
     }
 
@@ -268,10 +222,7 @@ impl TableFormat for VhdTables {
         match tag {
             TAG_HEADER => "the dynamic header".into(),
             TAG_BAT => "the BAT".into(),
-            position => format!(
-                "the sector bitmap of block {}",
-                self.blocks[position as usize].1
-            ),
+            _ => "a table".into(),
         }
     }
 

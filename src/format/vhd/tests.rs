@@ -102,23 +102,21 @@ fn vhd_error(result: Result<Vec<u8>, ImageError>) -> String {
 }
 
 #[test]
-fn small_blocks_out_of_order_with_partial_bitmaps() {
-    // 4 blocks of 4 KiB (8 sectors, bitmap one byte padded to 512).
+fn small_blocks_out_of_order_with_partial_bitmaps_read_whole_as_qemu_does() {
+    // 4 blocks of 4 KiB (8 sectors, bitmap one byte padded to 512). qemu reads
+    // an allocated block whole whatever its bitmap says.
     let mut img = Dyn::new(16384, 4096, 4, 1536);
     img.block(2, 0xFF, 0xA2);
-    img.block(0, 0b1010_0000, 0xA0); // sectors 0 and 2 present
+    img.block(0, 0b1010_0000, 0xA0); // only sectors 0 and 2 marked present
     let disk = convert(&img.finish(), &StreamOptions::default()).unwrap();
-    let sector = |i: usize| &disk[i * 512..(i + 1) * 512];
-    assert!(sector(0).iter().all(|&b| b == 0xA0));
-    assert!(sector(1).iter().all(|&b| b == 0));
-    assert!(sector(2).iter().all(|&b| b == 0xA0));
-    assert!(disk[1536..8192].iter().all(|&b| b == 0));
+    assert!(disk[..4096].iter().all(|&b| b == 0xA0));
+    assert!(disk[4096..8192].iter().all(|&b| b == 0));
     assert!(disk[8192..12288].iter().all(|&b| b == 0xA2));
     assert!(disk[12288..].iter().all(|&b| b == 0));
 }
 
 #[test]
-fn more_blocks_than_the_bitmap_window() {
+fn hundreds_of_blocks_in_reverse_order() {
     let blocks = 300u64;
     let mut img = Dyn::new(blocks * 4096, 4096, blocks as u32, 1536);
     for i in (0..blocks).rev() {

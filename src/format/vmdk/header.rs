@@ -139,9 +139,10 @@ impl Header {
         let descriptor = match (descriptor_sector, descriptor_sectors) {
             (0, _) | (_, 0) => Ok(None),
             (s, n) => {
-                if n * SECTOR > super::descriptor::MAX_DESCRIPTOR_BYTES as u64
-                    || s > MAX_DESCRIPTOR_SECTOR
-                {
+                let too_long = n
+                    .checked_mul(SECTOR)
+                    .is_none_or(|len| len > super::descriptor::MAX_DESCRIPTOR_BYTES as u64);
+                if too_long || s > MAX_DESCRIPTOR_SECTOR {
                     Err(VmdkError::DescriptorRange {
                         offset: s,
                         sectors: n,

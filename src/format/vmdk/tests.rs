@@ -207,3 +207,21 @@ fn a_stream_that_ends_inside_its_marker_chain_is_truncated() {
         );
     }
 }
+
+/// Found by the `ova_stream` fuzz target: a descriptor size whose byte count
+/// overflows a u64 is refused by name, not multiplied.
+#[test]
+fn descriptor_size_overflowing_u64_is_refused() {
+    let mut image = header(1, 128, false);
+    image[36..44].copy_from_slice(&(u64::MAX / 256).to_le_bytes());
+    image.resize(64 * 1024, 0);
+    let mut stream = ChunkStream::from_bytes(Bytes::from(image));
+    let mut sink = MemorySink::default();
+    let e = convert_stream(&mut stream, &mut sink, &StreamOptions::default())
+        .expect_err("must be refused");
+    let vmdk = e.downcast_format::<VmdkError>();
+    assert!(
+        matches!(vmdk, Some(VmdkError::DescriptorRange { .. })),
+        "{e}"
+    );
+}

@@ -108,10 +108,12 @@ pub enum NetError {
         detail: String,
     },
     /// A manifest, token or error body larger than its limit.
-    #[error("{url}: response larger than the {limit} bytes accepted")]
+    #[error("{url}: the {what} is larger than its size limit of {limit} bytes")]
     TooLarge {
         /// Where.
         url: DisplayUrl,
+        /// What the body is (`manifest`, `token response`, ...).
+        what: &'static str,
         /// The limit.
         limit: u64,
     },

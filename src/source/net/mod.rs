@@ -2,13 +2,15 @@
 //! ([`runtime`]), one TLS and client policy ([`tls`]), one request path with
 //! hand-followed redirects and bounded small bodies ([`request`]), one retry
 //! policy classified on typed errors ([`retry`], [`error`]), one resume
-//! mechanism ([`resume`], [`transfer`]), one stall timeout, one cancel token
-//! ([`cancel`]), one display-safe URL ([`display_url`]), and the blocking,
-//! optionally parallel, reader the pipeline pulls from ([`reader`]).
+//! mechanism ([`resume`], [`transfer`], chunks gathered by [`gather`]), one
+//! stall timeout, one cancel token ([`cancel`]), one display-safe URL
+//! ([`display_url`]), and the blocking, optionally parallel, reader the
+//! pipeline pulls from ([`reader`]).
 
 pub mod cancel;
 pub mod display_url;
 pub mod error;
+pub mod gather;
 pub mod reader;
 pub mod request;
 pub mod resume;

@@ -193,7 +193,7 @@ pub fn body_stream(net: &Net, shown: &DisplayUrl, response: Response) -> BodyStr
 pub async fn status_error(net: &Net, shown: &DisplayUrl, response: Response) -> NetError {
     let status = response.status().as_u16();
     let retry_after = retry_after(response.headers());
-    let detail = match read_bounded(net, shown, response, MAX_ERROR_BODY).await {
+    let detail = match read_bounded(net, shown, response, "error body", MAX_ERROR_BODY).await {
         Ok(body) => error_codes(&body),
         Err(_) => None,
     };
@@ -212,15 +212,19 @@ pub async fn status_error(net: &Net, shown: &DisplayUrl, response: Response) -> 
     }
 }
 
-/// Reads a whole (small) body, failing once it passes `limit` bytes.
+/// Reads a whole (small) body, `what` for messages, failing once it passes
+/// `limit` bytes: a larger Content-Length is refused before the body is read,
+/// and no more than `limit` bytes of a body without one are ever held.
 pub async fn read_bounded(
     net: &Net,
     shown: &DisplayUrl,
     response: Response,
+    what: &'static str,
     limit: u64,
 ) -> Result<Bytes, NetError> {
     let too_large = || NetError::TooLarge {
         url: shown.clone(),
+        what,
         limit,
     };
     if response.content_length().is_some_and(|n| n > limit) {

@@ -7,10 +7,11 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use super::gather::Gather;
 use super::request::Opened;
 use super::resume::Identity;
 use super::{DisplayUrl, Net, NetError, Retry};
@@ -70,7 +71,7 @@ pub async fn deliver(
     let mut identity = identity.clone();
     let mut pos = span.start;
     let mut failures = 0u32;
-    let mut pending = BytesMut::new();
+    let mut pending = Gather::new();
     loop {
         let before = pos;
         let attempt = Attempt {
@@ -102,8 +103,10 @@ pub async fn deliver(
             }
         }
     }
-    if !pending.is_empty() && tx.send(Ok(pending.split().freeze())).await.is_err() {
-        return Ok(());
+    if let Some(rest) = pending.take() {
+        if tx.send(Ok(rest)).await.is_err() {
+            return Ok(());
+        }
     }
     Ok(())
 }
@@ -123,7 +126,7 @@ impl Attempt<'_> {
         identity: &mut Identity,
         pos: &mut u64,
         first: Option<Opened>,
-        pending: &mut BytesMut,
+        pending: &mut Gather,
         tx: &ChunkSender,
     ) -> Result<Ended, NetError> {
         if self
@@ -212,13 +215,10 @@ impl Attempt<'_> {
             }
             *pos += chunk.len() as u64;
             finished |= end == Some(*pos) && self.span.end.is_some();
-            pending.extend_from_slice(&chunk);
-            if pending.len() >= CHUNK {
-                let full = pending.split().freeze();
+            if let Some(full) = pending.push(&chunk) {
                 if tx.send(Ok(full)).await.is_err() {
                     return Ok(Ended::Closed);
                 }
-                pending.reserve(CHUNK);
             }
             if finished {
                 return Ok(Ended::Done);
