@@ -78,9 +78,9 @@ impl Read for BodyReader {
 }
 
 /// Most body bytes read and dropped after an early answer (see [`discard`]).
-pub const DISCARD_LIMIT: u64 = 4 << 20;
+pub const DISCARD_LIMIT: u64 = 16 << 20;
 /// Longest time spent on that.
-pub const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+pub const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reads and drops what the client still sends after it was answered early
 /// (an error, 401, 503), up to [`DISCARD_LIMIT`] bytes and [`DISCARD_TIME`].
