@@ -91,7 +91,10 @@ pub fn open(
                 .with_capacity_limit(capacity)
                 .with_mode(0o660)
                 .with_final_size(resize_to)
-                .with_preallocation(config.preallocation);
+                .with_preallocation(config.preallocation)
+                // Through the page cache: with O_DIRECT the upload path measured
+                // far slower in bench/upload-vs-scratch.sh (not yet explained).
+                .with_direct_io(false);
             Ok(OpenTarget {
                 sink: SizeGuard::new(
                     ThreadedSink::spawn(hold_back::wrap(sink), progress),
