@@ -5,6 +5,7 @@
 //! whatever the image claims. Errors are typed here and turned into messages and
 //! exit codes only by the binary.
 
+pub mod aligned;
 pub mod cdi;
 pub mod decode;
 pub mod error;

@@ -14,6 +14,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::aligned::AlignedBuf;
 use crate::progress::Progress;
 use crate::stages::{Stage, Stages};
 
@@ -228,30 +229,38 @@ impl Read for ChunkStream {
     }
 }
 
+/// Alignment of chunk buffers in memory. Chunks start at multiples of
+/// [`CHUNK_SIZE`] in the stream, so any part of a chunk at a 4 KiB-aligned
+/// stream offset (a raw image's data, a qcow2 cluster) is 4 KiB-aligned in
+/// memory too, and an O_DIRECT sink can write it without a copy.
+pub const CHUNK_ALIGN: usize = 4096;
+
 /// Chunk buffers return here when the last [`Bytes`] pointing into them is
 /// dropped, so the producer reuses them instead of allocating and zeroing a
 /// new buffer for every chunk.
 struct BufferPool {
-    returned: std::sync::mpsc::Receiver<Vec<u8>>,
-    give_back: std::sync::mpsc::Sender<Vec<u8>>,
+    returned: std::sync::mpsc::Receiver<AlignedBuf>,
+    give_back: std::sync::mpsc::Sender<AlignedBuf>,
 }
 
 /// A filled chunk buffer; dropping it hands the buffer back to its pool.
 struct PooledChunk {
-    data: Vec<u8>,
+    data: Option<AlignedBuf>,
     len: usize,
-    give_back: std::sync::mpsc::Sender<Vec<u8>>,
+    give_back: std::sync::mpsc::Sender<AlignedBuf>,
 }
 
 impl AsRef<[u8]> for PooledChunk {
     fn as_ref(&self) -> &[u8] {
-        &self.data[..self.len]
+        &self.data.as_ref().expect("held until dropped").as_slice()[..self.len]
     }
 }
 
 impl Drop for PooledChunk {
     fn drop(&mut self) {
-        let _ = self.give_back.send(std::mem::take(&mut self.data));
+        if let Some(data) = self.data.take() {
+            let _ = self.give_back.send(data);
+        }
     }
 }
 
@@ -266,11 +275,14 @@ impl BufferPool {
 
     /// Fills a buffer of `size` bytes from `input`, stopping early only at EOF.
     fn read_chunk(&self, input: &mut dyn Read, size: usize) -> io::Result<Bytes> {
-        let mut data = self.returned.try_recv().unwrap_or_else(|_| vec![0u8; size]);
-        data.resize(size, 0);
+        let mut data = match self.returned.try_recv() {
+            Ok(data) if data.len() == size => data,
+            _ => AlignedBuf::new(size, CHUNK_ALIGN),
+        };
+        let buffer = &mut data.as_mut_slice()[..size];
         let mut filled = 0;
         while filled < size {
-            match input.read(&mut data[filled..]) {
+            match input.read(&mut buffer[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -278,7 +290,7 @@ impl BufferPool {
             }
         }
         Ok(Bytes::from_owner(PooledChunk {
-            data,
+            data: Some(data),
             len: filled,
             give_back: self.give_back.clone(),
         }))

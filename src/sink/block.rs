@@ -20,10 +20,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::aligned::AlignedBuf;
 use super::hold_back::HELD;
 use super::write_pool::WritePool;
 use super::{ExtentSink, SinkError, SinkSummary};
+use crate::aligned::AlignedBuf;
 use crate::extent::{Extent, ExtentKind};
 
 /// Bytes gathered before one write is issued.

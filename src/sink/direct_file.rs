@@ -4,6 +4,9 @@
 //! the page cache (no copy into it, no write-back to start or wait for, and a
 //! bounded cache whatever the image size).
 //!
+//! Data already aligned in memory (the stream's chunks) is written from where
+//! it is, several pieces per `pwritev`, without that copy.
+//!
 //! Buffers start at [`ALIGN`]-aligned file offsets; the bytes of an extent
 //! before the first aligned offset of its run, and after the last one, go
 //! through the ordinary descriptor (a block is only ever written one way: the
@@ -17,9 +20,11 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use super::aligned::AlignedBuf;
+use bytes::Bytes;
+
 use super::write_pool::WritePool;
 use super::zero_detect::is_zero;
+use crate::aligned::AlignedBuf;
 
 /// Alignment of direct writes, in memory and in the file: 4 KiB covers file
 /// systems on 512-byte and 4K-sector devices alike.
@@ -33,12 +38,22 @@ pub struct DirectFile {
     /// The file's ordinary descriptor, for unaligned edges.
     buffered: File,
     pool: WritePool,
-    /// The buffer being filled: bytes for `[pending_start, pending_start + pending_len)`.
+    /// The open run, `[pending_start, pending_start + pending_len)`, is
+    /// either copied into `current` or made of the `borrowed` pieces.
     current: Option<AlignedBuf>,
+    /// Pieces of the caller's buffers, aligned in memory and length, which
+    /// are written from where they are (see [`DirectFile::write`]).
+    borrowed: Vec<Bytes>,
     pending_start: u64,
     pending_len: usize,
     /// Non-zero bytes written through `buffered`.
     edge_written: u64,
+}
+
+/// Whether `bytes`, to be written at an aligned offset, can be written from
+/// where it is: aligned in memory and at least one block long.
+fn can_borrow(bytes: &[u8]) -> bool {
+    bytes.as_ptr() as usize % ALIGN == 0 && bytes.len() >= ALIGN
 }
 
 impl DirectFile {
@@ -68,6 +83,7 @@ impl DirectFile {
             buffered: buffered.try_clone()?,
             pool: WritePool::new(&direct, BUFFER, ALIGN)?,
             current: None,
+            borrowed: Vec::new(),
             pending_start: 0,
             pending_len: 0,
             edge_written: 0,
@@ -78,27 +94,73 @@ impl DirectFile {
         self.pending_start + self.pending_len as u64
     }
 
+    fn run_is_open(&self) -> bool {
+        self.current.is_some() || !self.borrowed.is_empty()
+    }
+
     /// Writes `bytes` at file offset `at`; all-zero blocks stay holes.
-    pub fn write(&mut self, mut at: u64, mut bytes: &[u8]) -> io::Result<()> {
+    ///
+    /// Bytes that are aligned in memory where they fall on aligned file
+    /// offsets (the stream's chunks are, so a raw image's data and a qcow2's
+    /// clusters are) are not copied: the write pool writes them from the
+    /// caller's buffer, which it keeps until written. Others are gathered
+    /// into the pool's aligned buffers.
+    pub fn write(&mut self, at: u64, bytes: &Bytes) -> io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
-        if self.current.is_none() || at != self.pending_end() {
-            self.flush()?;
-            let aligned = at.next_multiple_of(ALIGN as u64);
-            if aligned > at {
-                let edge = ((aligned - at) as usize).min(bytes.len());
-                self.write_edge(at, &bytes[..edge])?;
-                at += edge as u64;
-                bytes = &bytes[edge..];
-                if bytes.is_empty() {
-                    return Ok(());
-                }
+        if self.run_is_open() && at == self.pending_end() {
+            if self.current.is_some() {
+                return self.copy_in(bytes);
             }
-            self.current = Some(self.pool.take()?);
-            self.pending_start = at;
-            self.pending_len = 0;
+            if can_borrow(bytes) {
+                return self.borrow(bytes.clone());
+            }
         }
+        self.flush()?;
+        let mut at = at;
+        let mut bytes = bytes.clone();
+        let aligned = at.next_multiple_of(ALIGN as u64);
+        if aligned > at {
+            let edge = ((aligned - at) as usize).min(bytes.len());
+            self.write_edge(at, &bytes[..edge])?;
+            at += edge as u64;
+            bytes = bytes.slice(edge..);
+            if bytes.is_empty() {
+                return Ok(());
+            }
+        }
+        self.pending_start = at;
+        self.pending_len = 0;
+        if can_borrow(&bytes) {
+            return self.borrow(bytes);
+        }
+        self.current = Some(self.pool.take()?);
+        self.copy_in(&bytes)
+    }
+
+    /// Adds `bytes` (aligned in memory, at the end of the open run, which is
+    /// aligned) to the borrowed run; a partial last block ends the run and
+    /// goes through the ordinary descriptor.
+    fn borrow(&mut self, bytes: Bytes) -> io::Result<()> {
+        let whole = bytes.len() - bytes.len() % ALIGN;
+        let tail_at = self.pending_end() + whole as u64;
+        let tail = bytes.slice(whole..);
+        self.borrowed.push(bytes.slice(..whole));
+        self.pending_len += whole;
+        if !tail.is_empty() {
+            self.flush()?;
+            return self.write_edge(tail_at, &tail);
+        }
+        if self.pending_len >= BUFFER {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Copies `bytes` (at the end of the open, copied run) into the pool's
+    /// buffers, queueing each one that fills up.
+    fn copy_in(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             let buffer = self.current.as_mut().expect("a run is open");
             let room = buffer.len() - self.pending_len;
@@ -120,8 +182,13 @@ impl DirectFile {
     }
 
     /// Queues the open run: its aligned part as a direct write, its last
-    /// partial block through the ordinary descriptor.
+    /// partial block (of a copied run) through the ordinary descriptor.
     fn flush(&mut self) -> io::Result<()> {
+        if !self.borrowed.is_empty() {
+            let pieces = std::mem::take(&mut self.borrowed);
+            self.pending_len = 0;
+            return self.pool.submit_pieces(pieces, self.pending_start, true);
+        }
         let Some(buffer) = self.current.take() else {
             return Ok(());
         };
@@ -210,10 +277,75 @@ mod tests {
                 piece[8192..12288].fill(0);
             }
             expected[at..at + len].copy_from_slice(&piece);
-            direct.write(at as u64, &piece).unwrap();
+            direct.write(at as u64, &Bytes::from(piece)).unwrap();
         }
         let written = direct.complete().unwrap();
         assert_eq!(written, size as u64 - 4096, "the zero block is a hole");
         assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[test]
+    fn aligned_pieces_are_written_in_place_and_others_copied_with_the_same_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let Some(mut direct) = DirectFile::open(&path, &file).unwrap() else {
+            panic!("the test directory's file system refuses O_DIRECT");
+        };
+        // One aligned buffer, as a stream chunk is: a slice of it at a
+        // 4 KiB-aligned offset is aligned in memory too.
+        let size = 3 * BUFFER + 7 * ALIGN;
+        let mut memory = AlignedBuf::new(size, ALIGN);
+        memory.as_mut_slice().copy_from_slice(&pattern(size, 3));
+        // A 64 KiB zero area inside an aligned piece, and one zero block at
+        // the start of a piece that begins mid-block.
+        memory.as_mut_slice()[BUFFER..BUFFER + (64 << 10)].fill(0);
+        memory.as_mut_slice()[2 * BUFFER + 5000..2 * BUFFER + 5000 + 2 * ALIGN].fill(0);
+        let expected = memory.as_slice().to_vec();
+        let whole = Bytes::from_owner(memory);
+        file.set_len(size as u64).unwrap();
+        // Piece lengths: whole blocks, odd lengths (a partial last block, so
+        // the next piece starts mid-block), a piece longer than a buffer.
+        let lengths = [
+            64 << 10,
+            3 * ALIGN + 17,
+            5000 - 17,
+            8192,
+            BUFFER + ALIGN,
+            100,
+            ALIGN - 100,
+        ];
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        let mut i = 0;
+        while at < size {
+            let len = lengths[i % lengths.len()].min(size - at);
+            pieces.push((at, len));
+            at += len;
+            i += 1;
+        }
+        // The second half first: writes land in any order.
+        let (first, second) = pieces.split_at(pieces.len() / 2);
+        for &(at, len) in second.iter().chain(first) {
+            direct.write(at as u64, &whole.slice(at..at + len)).unwrap();
+        }
+        let written = direct.complete().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        assert!(
+            written <= (size - (64 << 10)) as u64,
+            "zero blocks are holes"
+        );
+        use std::os::unix::fs::MetadataExt;
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(
+            allocated <= (size - (64 << 10)) as u64,
+            "allocated {allocated}"
+        );
     }
 }

@@ -29,7 +29,6 @@
 //!    kill, it is named `.diskimport-*.partial` and removed by the next
 //!    import into that directory.
 
-pub mod aligned;
 pub mod block;
 pub mod direct_file;
 pub mod file;

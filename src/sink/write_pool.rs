@@ -15,33 +15,47 @@
 //! A write may skip the all-zero [`ZERO_BLOCK`](super::zero_detect::ZERO_BLOCK)s
 //! of its buffer (file targets: they stay holes); the scan then runs on the
 //! writer thread too.
+//!
+//! Besides its own buffers, the pool writes *borrowed* runs
+//! ([`WritePool::submit_pieces`]): consecutive, already aligned pieces of the
+//! stream's chunks, written with one `pwritev` and no copy. At most
+//! [`BUFFERS`] writes of either kind are in flight.
 
 use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, IoSlice};
+use std::os::fd::AsFd;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::aligned::AlignedBuf;
 use super::zero_detect::for_each_nonzero_run;
+use crate::aligned::AlignedBuf;
+use bytes::Bytes;
 
 /// Writer threads per pool.
 pub const WRITERS: usize = 2;
 /// Buffers per pool: one being filled while the others are written.
 pub const BUFFERS: usize = WRITERS + 1;
 
-/// One write: `len` bytes of `buffer` to file offset `offset`.
+/// Where a write's bytes are.
+enum Payload {
+    /// `len` bytes of one of the pool's buffers.
+    Owned(AlignedBuf, usize),
+    /// Consecutive pieces, each aligned in memory and of an aligned length.
+    Borrowed(Vec<Bytes>),
+}
+
+/// One write: the payload to file offset `offset`.
 struct Job {
-    buffer: AlignedBuf,
+    payload: Payload,
     offset: u64,
-    len: usize,
     /// Leave all-zero blocks unwritten (holes), writing only the other runs.
     skip_zero_blocks: bool,
 }
 
-/// What a writer hands back: the buffer, and the bytes written or the error.
-type Done = (AlignedBuf, io::Result<u64>);
+/// What a writer hands back: the pool's buffer (for an owned write), and
+/// the bytes written or the error.
+type Done = (Option<AlignedBuf>, io::Result<u64>);
 
 /// Writer threads on one file, and the buffers they write.
 pub struct WritePool {
@@ -82,7 +96,11 @@ impl WritePool {
                     };
                     let Ok(job) = job else { return };
                     let result = write_job(&file, &job);
-                    if done_sender.send((job.buffer, result)).is_err() {
+                    let buffer = match job.payload {
+                        Payload::Owned(buffer, _) => Some(buffer),
+                        Payload::Borrowed(_) => None,
+                    };
+                    if done_sender.send((buffer, result)).is_err() {
                         return;
                     }
                 })?;
@@ -141,23 +159,53 @@ impl WritePool {
         len: usize,
         skip_zero_blocks: bool,
     ) -> io::Result<()> {
+        self.send(Job {
+            payload: Payload::Owned(buffer, len),
+            offset,
+            skip_zero_blocks,
+        })
+    }
+
+    /// Queues the write of `pieces`, one after the other, at `offset`. Each
+    /// piece must start at an aligned address and have an aligned length (the
+    /// caller checks); they are written from where they are, without a copy,
+    /// and dropped once written. Waits while [`BUFFERS`] writes are in flight.
+    pub fn submit_pieces(
+        &mut self,
+        pieces: Vec<Bytes>,
+        offset: u64,
+        skip_zero_blocks: bool,
+    ) -> io::Result<()> {
+        debug_assert!(pieces
+            .iter()
+            .all(|p| p.as_ptr() as usize % self.align == 0 && p.len() % self.align == 0));
+        while self.in_flight >= BUFFERS {
+            self.wait_one()?;
+        }
+        self.send(Job {
+            payload: Payload::Borrowed(pieces),
+            offset,
+            skip_zero_blocks,
+        })
+    }
+
+    fn send(&mut self, job: Job) -> io::Result<()> {
+        let give_back = |pool: &mut Self, job: Job| {
+            if let Payload::Owned(buffer, _) = job.payload {
+                pool.free.push(buffer);
+            }
+        };
         if let Err(e) = self.check() {
-            self.free.push(buffer);
+            give_back(self, job);
             return Err(e);
         }
-        let job = Job {
-            buffer,
-            offset,
-            len,
-            skip_zero_blocks,
-        };
         match self.jobs.as_ref().map(|jobs| jobs.send(job)) {
             Some(Ok(())) => {
                 self.in_flight += 1;
                 Ok(())
             }
             Some(Err(returned)) => {
-                self.free.push(returned.0.buffer);
+                give_back(self, returned.0);
                 Err(io::Error::other("the writer threads stopped"))
             }
             None => Err(io::Error::other("the writer threads stopped")),
@@ -183,7 +231,9 @@ impl WritePool {
             .recv()
             .map_err(|_| io::Error::other("the writer threads stopped"))?;
         self.in_flight -= 1;
-        self.free.push(buffer);
+        if let Some(buffer) = buffer {
+            self.free.push(buffer);
+        }
         match result {
             Ok(n) => self.written += n,
             Err(e) => {
@@ -206,17 +256,99 @@ impl WritePool {
 }
 
 fn write_job(file: &File, job: &Job) -> io::Result<u64> {
-    let bytes = &job.buffer.as_slice()[..job.len];
-    if !job.skip_zero_blocks {
-        file.write_all_at(bytes, job.offset)?;
-        return Ok(job.len as u64);
+    match &job.payload {
+        Payload::Owned(buffer, len) => write_pieces(
+            file,
+            &[&buffer.as_slice()[..*len]],
+            job.offset,
+            job.skip_zero_blocks,
+        ),
+        Payload::Borrowed(pieces) => {
+            let slices: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
+            write_pieces(file, &slices, job.offset, job.skip_zero_blocks)
+        }
     }
-    let mut written = 0u64;
-    for_each_nonzero_run(bytes, job.offset, |start, len| {
-        written += len as u64;
-        file.write_all_at(&bytes[start..start + len], job.offset + start as u64)
-    })?;
-    Ok(written)
+}
+
+/// Most slices in one `pwritev` (the kernel's `IOV_MAX`).
+const MAX_SLICES: usize = 1024;
+
+/// Writes `pieces`, consecutive from `offset`: the non-zero runs only when
+/// `skip_zero_blocks`, runs that continue across pieces in one `pwritev`.
+/// Returns the bytes written.
+fn write_pieces<'a>(
+    file: &'a File,
+    pieces: &[&'a [u8]],
+    offset: u64,
+    skip_zero_blocks: bool,
+) -> io::Result<u64> {
+    let mut batch = Batch {
+        file,
+        start: offset,
+        slices: Vec::new(),
+        len: 0,
+        written: 0,
+    };
+    let mut at = offset;
+    for piece in pieces {
+        if skip_zero_blocks {
+            for_each_nonzero_run(piece, at, |start, len| {
+                batch.add(at + start as u64, &piece[start..start + len])
+            })?;
+        } else {
+            batch.add(at, piece)?;
+        }
+        at += piece.len() as u64;
+    }
+    batch.flush()?;
+    Ok(batch.written)
+}
+
+/// Consecutive slices gathered for one `pwritev`.
+struct Batch<'a> {
+    file: &'a File,
+    start: u64,
+    slices: Vec<IoSlice<'a>>,
+    len: u64,
+    written: u64,
+}
+
+impl<'a> Batch<'a> {
+    /// Adds `bytes` at file offset `at`, writing what was gathered first when
+    /// `bytes` does not continue it.
+    fn add(&mut self, at: u64, bytes: &'a [u8]) -> io::Result<()> {
+        if !self.slices.is_empty()
+            && (at != self.start + self.len || self.slices.len() == MAX_SLICES)
+        {
+            self.flush()?;
+        }
+        if self.slices.is_empty() {
+            self.start = at;
+        }
+        self.slices.push(IoSlice::new(bytes));
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the gathered slices, all of them (a short write is continued).
+    fn flush(&mut self) -> io::Result<()> {
+        let mut slices = &mut self.slices[..];
+        let mut at = self.start;
+        while !slices.is_empty() {
+            let n = match nix::sys::uio::pwritev(self.file.as_fd(), slices, at as i64) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            at += n as u64;
+            IoSlice::advance_slices(&mut slices, n);
+        }
+        self.written += self.len;
+        self.slices.clear();
+        self.len = 0;
+        Ok(())
+    }
 }
 
 impl Drop for WritePool {

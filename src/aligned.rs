@@ -1,5 +1,7 @@
 //! A heap buffer aligned for O_DIRECT I/O: its address and length are
-//! multiples of the alignment the device asks for.
+//! multiples of the alignment the device asks for. The sinks write from such
+//! buffers, and the stream's chunks are such buffers, so that the data of a
+//! chunk can go to an O_DIRECT descriptor without being copied first.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 
@@ -46,6 +48,12 @@ impl AlignedBuf {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and &mut self guarantees exclusive access.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
     }
 }
 
