@@ -128,20 +128,21 @@ impl WritePool {
     /// A buffer to fill: a free one, a new one, or the next one a writer
     /// hands back. Its contents are whatever was last written from it.
     pub fn take(&mut self) -> io::Result<AlignedBuf> {
-        self.check()?;
-        if let Some(buffer) = self.free.pop() {
-            return Ok(buffer);
+        loop {
+            self.check()?;
+            if let Some(buffer) = self.free.pop() {
+                return Ok(buffer);
+            }
+            // Nothing in flight holds one of the buffers: the caller holds
+            // them all (it never holds more than a few); give it another.
+            if self.allocated < BUFFERS || self.in_flight == 0 {
+                self.allocated += 1;
+                return Ok(AlignedBuf::new(self.buffer_len, self.align));
+            }
+            // The write that completes may be a borrowed one, which returns
+            // no buffer: wait again then.
+            self.wait_one()?;
         }
-        if self.allocated < BUFFERS {
-            self.allocated += 1;
-            return Ok(AlignedBuf::new(self.buffer_len, self.align));
-        }
-        self.wait_one()?;
-        self.check()?;
-        Ok(self
-            .free
-            .pop()
-            .expect("a completed write returns its buffer"))
     }
 
     /// Gives back a buffer without writing it.
@@ -405,6 +406,52 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
         assert!(allocated < 16 * len as u64, "zero halves left as holes");
+    }
+
+    #[test]
+    fn owned_and_borrowed_writes_share_the_limit_and_buffers_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let len = 16 << 10;
+        let rounds = 12u64;
+        file.set_len(rounds * 2 * len as u64).unwrap();
+        let mut pool = WritePool::new(&file, len, 4096).unwrap();
+        // Every buffer allocated and in flight, then borrowed writes (which
+        // return no buffer) interleaved with more takes.
+        for i in 0..rounds {
+            let mut buffer = pool.take().unwrap();
+            buffer.as_mut_slice().fill(i as u8 + 1);
+            pool.submit(buffer, 2 * i * len as u64, len, false).unwrap();
+            let mut piece = AlignedBuf::new(len, 4096);
+            piece.as_mut_slice().fill(i as u8 + 101);
+            let piece = Bytes::from_owner(piece);
+            pool.submit_pieces(
+                vec![piece.slice(..len / 2), piece.slice(len / 2..)],
+                (2 * i + 1) * len as u64,
+                false,
+            )
+            .unwrap();
+            assert!(pool.in_flight <= BUFFERS);
+        }
+        pool.drain().unwrap();
+        assert!(pool.allocated <= BUFFERS, "{} buffers", pool.allocated);
+        assert_eq!(pool.written(), rounds * 2 * len as u64);
+        let bytes = std::fs::read(&path).unwrap();
+        for i in 0..rounds as usize {
+            assert!(bytes[2 * i * len..(2 * i + 1) * len]
+                .iter()
+                .all(|b| *b == i as u8 + 1));
+            assert!(bytes[(2 * i + 1) * len..(2 * i + 2) * len]
+                .iter()
+                .all(|b| *b == i as u8 + 101));
+        }
     }
 
     #[test]
