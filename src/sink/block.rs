@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use super::hold_back::HELD;
 use super::write_pool::WritePool;
 use super::{ExtentSink, SinkError, SinkSummary};
+use bytes::Bytes;
+
 use crate::aligned::AlignedBuf;
 use crate::extent::{Extent, ExtentKind};
 
@@ -52,6 +54,12 @@ pub struct BlockSink {
     /// (block aligned); when the run began mid-block, its first bytes are the
     /// device's own contents, read back. `None` between runs.
     buffer: Option<AlignedBuf>,
+    /// Or the run is made of these pieces, aligned in memory and of whole
+    /// blocks, written from where they are (the stream's chunks are aligned).
+    borrowed: Vec<Bytes>,
+    /// [`INLINE_ZEROES`] zero bytes, aligned: short zero runs inside a
+    /// borrowed run are slices of it.
+    zeroes: Bytes,
     pending_start: u64,
     pending_len: usize,
     summary: SinkSummary,
@@ -91,6 +99,8 @@ impl BlockSink {
         let sink = BlockSink {
             pool,
             buffer: None,
+            borrowed: Vec::new(),
+            zeroes: Bytes::from_owner(AlignedBuf::new(INLINE_ZEROES as usize, block as usize)),
             device,
             path: path.to_path_buf(),
             block,
@@ -112,6 +122,7 @@ impl BlockSink {
         if let Some(buffer) = self.buffer.take() {
             self.pool.give_back(buffer);
         }
+        self.borrowed.clear();
         self.pending_len = 0;
         let size = self.device_size - self.device_size % self.block;
         let head = HELD.min(size);
@@ -137,9 +148,35 @@ impl BlockSink {
 
     /// Appends bytes that belong at guest offset `at`: `bytes`, or that many
     /// zeroes.
-    fn put(&mut self, mut at: u64, mut bytes: Fill<'_>) -> Result<(), SinkError> {
+    fn put(&mut self, mut at: u64, mut bytes: Fill) -> Result<(), SinkError> {
         while bytes.len() > 0 {
-            if self.buffer.is_none() || at != self.pending_end() {
+            let run_open = self.buffer.is_some() || !self.borrowed.is_empty();
+            let contiguous = run_open && at == self.pending_end();
+            // A borrowed run continues, or a new one starts on a block.
+            let may_borrow = if contiguous {
+                self.buffer.is_none()
+            } else {
+                at % self.block == 0
+            };
+            if may_borrow {
+                if let Some(piece) = self.borrowable(&bytes) {
+                    if !contiguous {
+                        self.flush()?;
+                        self.pending_start = at;
+                        self.pending_len = 0;
+                    }
+                    let len = piece.len();
+                    self.borrowed.push(piece);
+                    self.pending_len += len;
+                    at += len as u64;
+                    bytes = bytes.after(len);
+                    if self.pending_len >= COALESCE {
+                        self.flush()?;
+                    }
+                    continue;
+                }
+            }
+            if self.buffer.is_none() || !contiguous {
                 self.flush()?;
                 self.begin(at)?;
             }
@@ -148,16 +185,11 @@ impl BlockSink {
             let take = room.min(bytes.len());
             let from = self.pending_len;
             let into = &mut buffer.as_mut_slice()[from..from + take];
-            bytes = match bytes {
-                Fill::Data(data) => {
-                    into.copy_from_slice(&data[..take]);
-                    Fill::Data(&data[take..])
-                }
-                Fill::Zeroes(n) => {
-                    into.fill(0);
-                    Fill::Zeroes(n - take)
-                }
-            };
+            match &bytes {
+                Fill::Data(data) => into.copy_from_slice(&data[..take]),
+                Fill::Zeroes(_) => into.fill(0),
+            }
+            bytes = bytes.after(take);
             self.pending_len += take;
             at += take as u64;
             if self.pending_len == buffer.len() {
@@ -165,6 +197,21 @@ impl BlockSink {
             }
         }
         Ok(())
+    }
+
+    /// The whole blocks at the start of `bytes` as a piece to write from
+    /// where it is, when they are aligned in memory (zeroes always are).
+    fn borrowable(&self, bytes: &Fill) -> Option<Bytes> {
+        let block = self.block as usize;
+        let whole = bytes.len() - bytes.len() % block;
+        if whole == 0 {
+            return None;
+        }
+        match bytes {
+            Fill::Data(data) if data.as_ptr() as usize % block == 0 => Some(data.slice(..whole)),
+            Fill::Data(_) => None,
+            Fill::Zeroes(_) => Some(self.zeroes.slice(..whole.min(self.zeroes.len()))),
+        }
     }
 
     /// Starts a new pending run at `at`, reading the device's bytes in front of
@@ -207,6 +254,14 @@ impl BlockSink {
     /// Queues the write of the pending run, completing a partial last block
     /// from the device.
     fn flush(&mut self) -> Result<(), SinkError> {
+        if !self.borrowed.is_empty() {
+            let pieces = std::mem::take(&mut self.borrowed);
+            self.pending_len = 0;
+            return self
+                .pool
+                .submit_pieces(pieces, self.pending_start, false)
+                .map_err(|e| self.write_error(e));
+        }
         let Some(mut buffer) = self.buffer.take() else {
             return Ok(());
         };
@@ -271,16 +326,24 @@ impl BlockSink {
 }
 
 /// What [`BlockSink::put`] appends.
-enum Fill<'a> {
-    Data(&'a [u8]),
+enum Fill {
+    Data(Bytes),
     Zeroes(usize),
 }
 
-impl Fill<'_> {
+impl Fill {
     fn len(&self) -> usize {
         match self {
             Fill::Data(d) => d.len(),
             Fill::Zeroes(n) => *n,
+        }
+    }
+
+    /// What is left after the first `n` bytes.
+    fn after(self, n: usize) -> Fill {
+        match self {
+            Fill::Data(d) => Fill::Data(d.slice(n..)),
+            Fill::Zeroes(z) => Fill::Zeroes(z - n),
         }
     }
 }
@@ -324,7 +387,7 @@ impl ExtentSink for BlockSink {
         }
         match extent.kind {
             ExtentKind::Data(bytes) => {
-                self.put(extent.guest_offset, Fill::Data(&bytes))?;
+                self.put(extent.guest_offset, Fill::Data(bytes))?;
                 self.summary.bytes_written += len;
             }
             ExtentKind::Zero(n) => {
