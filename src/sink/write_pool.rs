@@ -32,8 +32,10 @@ use super::zero_detect::for_each_nonzero_run;
 use crate::aligned::AlignedBuf;
 use bytes::Bytes;
 
-/// Writer threads per pool.
-pub const WRITERS: usize = 2;
+/// Writer threads per pool. Four measured faster than two on this project's
+/// 2-core bench machine for both a loop device and an ext4 file (2 GiB dense
+/// qcow2: 2.6-3.3 s against 3.5-4.7 s to the device), at the same CPU time.
+pub const WRITERS: usize = 4;
 /// Buffers per pool: one being filled while the others are written.
 pub const BUFFERS: usize = WRITERS + 1;
 
