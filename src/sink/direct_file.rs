@@ -243,15 +243,7 @@ mod tests {
 
     #[test]
     fn unaligned_and_out_of_order_pieces_land_where_they_belong() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let (_dir, path, file) = crate::sink::test_file::empty_file("disk");
         let Some(mut direct) = DirectFile::open(&path, &file).unwrap() else {
             panic!("the test directory's file system refuses O_DIRECT");
         };
@@ -286,15 +278,7 @@ mod tests {
 
     #[test]
     fn aligned_pieces_are_written_in_place_and_others_copied_with_the_same_result() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let (_dir, path, file) = crate::sink::test_file::empty_file("disk");
         let Some(mut direct) = DirectFile::open(&path, &file).unwrap() else {
             panic!("the test directory's file system refuses O_DIRECT");
         };

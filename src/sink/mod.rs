@@ -36,6 +36,8 @@ pub mod hold_back;
 #[cfg(test)]
 pub mod memory;
 pub mod null;
+#[cfg(test)]
+pub mod test_file;
 pub mod threaded;
 pub mod write_pool;
 pub mod zero_detect;

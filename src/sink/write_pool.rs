@@ -372,15 +372,7 @@ mod tests {
 
     #[test]
     fn writes_land_in_any_order_and_zero_blocks_stay_holes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out");
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let (_dir, path, file) = crate::sink::test_file::empty_file("out");
         let len = 64 << 10;
         file.set_len(16 * len as u64).unwrap();
         let mut pool = WritePool::new(&file, len, 4096).unwrap();
@@ -412,15 +404,7 @@ mod tests {
 
     #[test]
     fn owned_and_borrowed_writes_share_the_limit_and_buffers_come_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out");
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let (_dir, path, file) = crate::sink::test_file::empty_file("out");
         let len = 16 << 10;
         let rounds = 12u64;
         file.set_len(rounds * 2 * len as u64).unwrap();
