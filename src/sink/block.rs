@@ -31,6 +31,10 @@ use crate::extent::{Extent, ExtentKind};
 /// Bytes gathered before one write is issued.
 const COALESCE: usize = 2 << 20;
 
+/// Writer threads: four measured faster than two on a direct-io loop device
+/// (2 GiB dense qcow2: 2.6-3.3 s against 3.5-4.7 s), at the same CPU time.
+const WRITERS: usize = 4;
+
 /// Zero ranges up to this long are written as zeroes (gathered with their
 /// neighbours into one write) rather than cut the write short for an ioctl.
 const INLINE_ZEROES: u64 = 1 << 20;
@@ -94,7 +98,7 @@ impl BlockSink {
             ));
         }
         let block = block.max(512) as u64;
-        let pool = WritePool::new(&device, COALESCE, block as usize)
+        let pool = WritePool::new(&device, COALESCE, block as usize, WRITERS)
             .map_err(|e| io_error("starting the writers of", path, e))?;
         let sink = BlockSink {
             pool,

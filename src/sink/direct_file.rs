@@ -33,6 +33,12 @@ pub const ALIGN: usize = 4096;
 /// Bytes per direct write buffer.
 const BUFFER: usize = 2 << 20;
 
+/// Writer threads. Two, as measured in `../shared/bench/vs_anchors.sh`: four
+/// did not help a file (2 GiB dense raw over http to ext4, alternating runs:
+/// 5.0-6.2 s with four against 3.8 s with two in one series, equal in
+/// another), whose direct writes into holes allocate under the inode lock.
+const WRITERS: usize = 2;
+
 /// Writes to one file with O_DIRECT where aligned, buffered elsewhere.
 pub struct DirectFile {
     /// The file's ordinary descriptor, for unaligned edges.
@@ -81,7 +87,7 @@ impl DirectFile {
         }
         Ok(Some(DirectFile {
             buffered: buffered.try_clone()?,
-            pool: WritePool::new(&direct, BUFFER, ALIGN)?,
+            pool: WritePool::new(&direct, BUFFER, ALIGN, WRITERS)?,
             current: None,
             borrowed: Vec::new(),
             pending_start: 0,

@@ -1,5 +1,5 @@
 //! A small pool of writer threads for direct I/O: aligned buffers are filled
-//! by the sink and written by `WRITERS` threads with positional writes, so
+//! by the sink and written by a few threads (the sink says how many) with positional writes, so
 //! that several writes are in flight while the next buffer is being filled
 //! (O_DIRECT writes wait for the device; one at a time leaves it idle between
 //! them).
@@ -19,7 +19,7 @@
 //! Besides its own buffers, the pool writes *borrowed* runs
 //! ([`WritePool::submit_pieces`]): consecutive, already aligned pieces of the
 //! stream's chunks, written with one `pwritev` and no copy. At most
-//! [`BUFFERS`] writes of either kind are in flight.
+//! writers + 1 writes of either kind are in flight.
 
 use std::fs::File;
 use std::io::{self, IoSlice};
@@ -32,12 +32,9 @@ use super::zero_detect::for_each_nonzero_run;
 use crate::aligned::AlignedBuf;
 use bytes::Bytes;
 
-/// Writer threads per pool. Four measured faster than two on this project's
-/// 2-core bench machine for both a loop device and an ext4 file (2 GiB dense
-/// qcow2: 2.6-3.3 s against 3.5-4.7 s to the device), at the same CPU time.
-pub const WRITERS: usize = 4;
-/// Buffers per pool: one being filled while the others are written.
-pub const BUFFERS: usize = WRITERS + 1;
+// Writer threads are chosen per target by the caller (see the sinks); each
+// pool has one buffer more than writers: one being filled while the others
+// are written.
 
 /// Where a write's bytes are.
 enum Payload {
@@ -66,8 +63,10 @@ pub struct WritePool {
     workers: Vec<JoinHandle<()>>,
     /// Buffers not in flight.
     free: Vec<AlignedBuf>,
-    /// Buffers allocated so far (at most [`BUFFERS`]).
+    /// Buffers allocated so far (at most `buffers`).
     allocated: usize,
+    /// Writes in flight at most, and buffers at most: writers + 1.
+    buffers: usize,
     buffer_len: usize,
     align: usize,
     in_flight: usize,
@@ -78,14 +77,16 @@ pub struct WritePool {
 }
 
 impl WritePool {
-    /// A pool writing to `file` from buffers of `buffer_len` bytes aligned
-    /// to `align`. Buffers are allocated as they are first needed.
-    pub fn new(file: &File, buffer_len: usize, align: usize) -> io::Result<Self> {
+    /// A pool of `writers` threads writing to `file` from buffers of
+    /// `buffer_len` bytes aligned to `align`. Buffers are allocated as they
+    /// are first needed.
+    pub fn new(file: &File, buffer_len: usize, align: usize, writers: usize) -> io::Result<Self> {
+        let writers = writers.max(1);
         let (jobs, job_receiver) = channel::<Job>();
         let (done_sender, done) = channel::<Done>();
         let job_receiver = Arc::new(Mutex::new(job_receiver));
-        let mut workers = Vec::with_capacity(WRITERS);
-        for i in 0..WRITERS {
+        let mut workers = Vec::with_capacity(writers);
+        for i in 0..writers {
             let file = file.try_clone()?;
             let job_receiver = job_receiver.clone();
             let done_sender = done_sender.clone();
@@ -112,8 +113,9 @@ impl WritePool {
             jobs: Some(jobs),
             done,
             workers,
-            free: Vec::with_capacity(BUFFERS),
+            free: Vec::with_capacity(writers + 1),
             allocated: 0,
+            buffers: writers + 1,
             buffer_len: buffer_len.next_multiple_of(align),
             align,
             in_flight: 0,
@@ -137,7 +139,7 @@ impl WritePool {
             }
             // Nothing in flight holds one of the buffers: the caller holds
             // them all (it never holds more than a few); give it another.
-            if self.allocated < BUFFERS || self.in_flight == 0 {
+            if self.allocated < self.buffers || self.in_flight == 0 {
                 self.allocated += 1;
                 return Ok(AlignedBuf::new(self.buffer_len, self.align));
             }
@@ -172,7 +174,7 @@ impl WritePool {
     /// Queues the write of `pieces`, one after the other, at `offset`. Each
     /// piece must start at an aligned address and have an aligned length (the
     /// caller checks); they are written from where they are, without a copy,
-    /// and dropped once written. Waits while [`BUFFERS`] writes are in flight.
+    /// and dropped once written. Waits while writers + 1 writes are in flight.
     pub fn submit_pieces(
         &mut self,
         pieces: Vec<Bytes>,
@@ -182,7 +184,7 @@ impl WritePool {
         debug_assert!(pieces
             .iter()
             .all(|p| p.as_ptr() as usize % self.align == 0 && p.len() % self.align == 0));
-        while self.in_flight >= BUFFERS {
+        while self.in_flight >= self.buffers {
             self.wait_one()?;
         }
         self.send(Job {
@@ -375,7 +377,7 @@ mod tests {
         let (_dir, path, file) = crate::sink::test_file::empty_file("out");
         let len = 64 << 10;
         file.set_len(16 * len as u64).unwrap();
-        let mut pool = WritePool::new(&file, len, 4096).unwrap();
+        let mut pool = WritePool::new(&file, len, 4096, 2).unwrap();
         for i in (0..16u64).rev() {
             let mut buffer = pool.take().unwrap();
             buffer.as_mut_slice().fill(0);
@@ -386,7 +388,7 @@ mod tests {
         }
         pool.drain().unwrap();
         assert_eq!(pool.written(), 8 * len as u64 + 8 * (len / 2) as u64);
-        assert!(pool.allocated <= BUFFERS);
+        assert!(pool.allocated <= pool.buffers);
         let bytes = std::fs::read(&path).unwrap();
         for i in 0..16usize {
             let piece = &bytes[i * len..(i + 1) * len];
@@ -408,7 +410,7 @@ mod tests {
         let len = 16 << 10;
         let rounds = 12u64;
         file.set_len(rounds * 2 * len as u64).unwrap();
-        let mut pool = WritePool::new(&file, len, 4096).unwrap();
+        let mut pool = WritePool::new(&file, len, 4096, 2).unwrap();
         // Every buffer allocated and in flight, then borrowed writes (which
         // return no buffer) interleaved with more takes.
         for i in 0..rounds {
@@ -424,10 +426,10 @@ mod tests {
                 false,
             )
             .unwrap();
-            assert!(pool.in_flight <= BUFFERS);
+            assert!(pool.in_flight <= pool.buffers);
         }
         pool.drain().unwrap();
-        assert!(pool.allocated <= BUFFERS, "{} buffers", pool.allocated);
+        assert!(pool.allocated <= pool.buffers, "{} buffers", pool.allocated);
         assert_eq!(pool.written(), rounds * 2 * len as u64);
         let bytes = std::fs::read(&path).unwrap();
         for i in 0..rounds as usize {
@@ -447,7 +449,7 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         // A descriptor opened read-only: every write fails with EBADF.
         let file = File::open(&path).unwrap();
-        let mut pool = WritePool::new(&file, 4096, 4096).unwrap();
+        let mut pool = WritePool::new(&file, 4096, 4096, 2).unwrap();
         let buffer = pool.take().unwrap();
         pool.submit(buffer, 0, 4096, false).unwrap();
         let err = pool.drain().unwrap_err();
