@@ -20,11 +20,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+
 use super::hold_back::HELD;
 use super::write_pool::WritePool;
 use super::{ExtentSink, SinkError, SinkSummary};
-use bytes::Bytes;
-
 use crate::aligned::AlignedBuf;
 use crate::extent::{Extent, ExtentKind};
 
