@@ -58,10 +58,12 @@
 //! padding are handled here ([`XzReader`]), the way `LZMA_CONCATENATED` does.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Cursor, Read};
+use std::io::{self, BufRead, BufReader, Read};
 
 use liblzma::stream::{Action, MtStreamBuilder, Status, Stream};
 use zstd::zstd_safe;
+
+use crate::piece::{plain, Input, Replay};
 
 /// A compression wrapper recognized from its magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -246,17 +248,15 @@ const INPUT_BUFFER: usize = 256 << 10;
 
 /// Peels every compression wrapper off `input` (sniffed from the bytes), and
 /// returns the wrappers found, outermost first, with the decoded stream.
-pub fn decode_all(
-    input: Box<dyn Read + Send>,
-) -> Result<(Vec<Compression>, Box<dyn Read + Send>), DecodeError> {
+pub fn decode_all(input: Input) -> Result<(Vec<Compression>, Input), DecodeError> {
     decode_all_with(input, &DecodeOptions::default())
 }
 
 /// [`decode_all`] with explicit limits.
 pub fn decode_all_with(
-    input: Box<dyn Read + Send>,
+    input: Input,
     options: &DecodeOptions,
-) -> Result<(Vec<Compression>, Box<dyn Read + Send>), DecodeError> {
+) -> Result<(Vec<Compression>, Input), DecodeError> {
     let mut layers = Vec::new();
     let mut current = input;
     loop {
@@ -268,7 +268,7 @@ pub fn decode_all_with(
                 }
             })?;
         let found = sniff_compression(&head);
-        current = Box::new(Cursor::new(head).chain(current));
+        current = Box::new(Replay::new(head.into(), current));
         let Some(format) = found else {
             return Ok((layers, current));
         };
@@ -293,30 +293,26 @@ fn read_head(input: &mut dyn Read, n: usize) -> io::Result<Vec<u8>> {
 }
 
 /// Puts the streaming decoder for `format` on top of `input`.
-fn wrap(
-    format: Compression,
-    input: Box<dyn Read + Send>,
-    options: &DecodeOptions,
-) -> Result<Box<dyn Read + Send>, DecodeError> {
+fn wrap(format: Compression, input: Input, options: &DecodeOptions) -> Result<Input, DecodeError> {
     let below = BufReader::with_capacity(INPUT_BUFFER, Upstream(input));
     let init = |e: &dyn fmt::Display| DecodeError::Init {
         format,
         detail: e.to_string(),
     };
     Ok(match format {
-        Compression::Gzip => Box::new(Checked::new(
+        Compression::Gzip => plain(Checked::new(
             format,
             flate2::bufread::MultiGzDecoder::new(below),
         )),
-        Compression::Xz => Box::new(Checked::new(
+        Compression::Xz => plain(Checked::new(
             format,
             XzReader::new(below, options).map_err(|e| init(&e))?,
         )),
-        Compression::Zstd => Box::new(Checked::new(
+        Compression::Zstd => plain(Checked::new(
             format,
             ZstdReader::new(below, options).map_err(|e| init(&e))?,
         )),
-        Compression::Bzip2 => Box::new(Checked::new(
+        Compression::Bzip2 => plain(Checked::new(
             format,
             bzip2::bufread::MultiBzDecoder::new(below),
         )),
@@ -341,7 +337,7 @@ impl std::error::Error for UpstreamError {
 }
 
 /// The reader below a decoder: marks its errors as [`UpstreamError`].
-struct Upstream(Box<dyn Read + Send>);
+struct Upstream(Input);
 
 impl Read for Upstream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -704,7 +700,7 @@ impl<R: BufRead> Read for ZstdReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{Cursor, Write};
 
     /// Deterministic, somewhat compressible test data.
     fn sample(len: usize, seed: u32) -> Vec<u8> {
@@ -783,7 +779,7 @@ mod tests {
     /// error may come from `decode_all` (sniffing reads the first decoded
     /// bytes) or from reading; both end up as a `DecodeError`.
     fn decode(bytes: Vec<u8>) -> Result<(Vec<Compression>, Vec<u8>), DecodeError> {
-        let (layers, mut reader) = decode_all(Box::new(Cursor::new(bytes)))?;
+        let (layers, mut reader) = decode_all(plain(Cursor::new(bytes)))?;
         let mut out = Vec::new();
         reader
             .read_to_end(&mut out)
@@ -851,14 +847,14 @@ mod tests {
         let data = sample(20_000, 2);
         for format in ALL {
             let input = Trickle(Cursor::new(encode(format, &data)));
-            let (layers, mut reader) = decode_all(Box::new(input)).unwrap();
+            let (layers, mut reader) = decode_all(plain(input)).unwrap();
             assert_eq!(layers, vec![format]);
             let mut out = Vec::new();
             reader.read_to_end(&mut out).unwrap();
             assert!(out == data, "{format}");
         }
         let raw = sample(3000, 3);
-        let (layers, mut reader) = decode_all(Box::new(Trickle(Cursor::new(raw.clone())))).unwrap();
+        let (layers, mut reader) = decode_all(plain(Trickle(Cursor::new(raw.clone())))).unwrap();
         assert!(layers.is_empty());
         let mut out = Vec::new();
         reader.read_to_end(&mut out).unwrap();
@@ -899,7 +895,7 @@ mod tests {
             xz_threads: 1,
             ..DecodeOptions::default()
         };
-        let (_, mut reader) = decode_all_with(Box::new(Cursor::new(bytes)), &options).unwrap();
+        let (_, mut reader) = decode_all_with(plain(Cursor::new(bytes)), &options).unwrap();
         let mut out = Vec::new();
         reader.read_to_end(&mut out).unwrap();
         assert!(out == data);
@@ -927,12 +923,11 @@ mod tests {
             xz_memlimit: 1 << 20,
             ..DecodeOptions::default()
         };
-        let result =
-            decode_all_with(Box::new(Cursor::new(bytes)), &options).and_then(|(_, mut r)| {
-                let mut out = Vec::new();
-                r.read_to_end(&mut out)?;
-                Ok(out)
-            });
+        let result = decode_all_with(plain(Cursor::new(bytes)), &options).and_then(|(_, mut r)| {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out)?;
+            Ok(out)
+        });
         match result {
             Err(DecodeError::Stream(e @ StreamError::MemoryLimit { .. })) => assert!(
                 e.to_string()
@@ -985,13 +980,11 @@ mod tests {
                 limits_basis: "test limit".into(),
                 ..DecodeOptions::default()
             };
-            decode_all_with(Box::new(Cursor::new(bytes.clone())), &options).and_then(
-                |(_, mut r)| {
-                    let mut out = Vec::new();
-                    r.read_to_end(&mut out)?;
-                    Ok(out)
-                },
-            )
+            decode_all_with(plain(Cursor::new(bytes.clone())), &options).and_then(|(_, mut r)| {
+                let mut out = Vec::new();
+                r.read_to_end(&mut out)?;
+                Ok(out)
+            })
         };
         assert!(decode_with(28).unwrap() == data);
         // One below: refused as too big for the limit, not as corrupt.
@@ -1043,7 +1036,7 @@ mod tests {
     #[test]
     fn too_many_layers_is_an_error() {
         let bytes = gzip(&gzip(&gzip(&gzip(&gzip(b"deep")))));
-        match decode_all(Box::new(Cursor::new(bytes))) {
+        match decode_all(plain(Cursor::new(bytes))) {
             Err(DecodeError::TooManyLayers { limit: 4, layers }) => {
                 assert_eq!(layers, "gzip in gzip in gzip in gzip in gzip")
             }
@@ -1083,7 +1076,7 @@ mod tests {
                 [b"BZh9".as_slice(), BZIP2_BLOCK_MAGIC].concat(),
             ),
         ] {
-            let result = decode_all(Box::new(Cursor::new(bytes))).and_then(|(_, mut r)| {
+            let result = decode_all(plain(Cursor::new(bytes))).and_then(|(_, mut r)| {
                 let mut out = Vec::new();
                 r.read_to_end(&mut out)?;
                 Ok(out)
@@ -1163,7 +1156,7 @@ mod tests {
             let bytes = encode(format, &data);
             let cut = bytes[..bytes.len() / 2].to_vec();
             // Fails in decode_all (if sniffing decoded it all) or in reading.
-            let err = match decode_all(Box::new(FailsAfter(Cursor::new(cut)))) {
+            let err = match decode_all(plain(FailsAfter(Cursor::new(cut)))) {
                 Err(DecodeError::Io(e)) => e,
                 Err(other) => panic!("{format}: {other}"),
                 Ok((_, mut reader)) => reader.read_to_end(&mut Vec::new()).unwrap_err(),
@@ -1175,7 +1168,7 @@ mod tests {
         // An inner layer sees the outer layer's error unchanged too.
         let bytes = xz(&gzip(&data));
         let cut = bytes[..bytes.len() / 2].to_vec();
-        let (layers, mut reader) = decode_all(Box::new(Cursor::new(cut))).unwrap();
+        let (layers, mut reader) = decode_all(plain(Cursor::new(cut))).unwrap();
         assert_eq!(layers, vec![Compression::Xz, Compression::Gzip]);
         let err = reader.read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(
@@ -1192,7 +1185,7 @@ mod tests {
         // fails on its header while decode_all looks at its first bytes.
         let mut inner = gzip(b"inner");
         inner[2] = 9; // unknown compression method
-        match decode_all(Box::new(Cursor::new(xz(&inner)))) {
+        match decode_all(plain(Cursor::new(xz(&inner)))) {
             Err(DecodeError::Stream(StreamError::Corrupt {
                 format: Compression::Gzip,
                 ..
@@ -1200,7 +1193,7 @@ mod tests {
             Err(other) => panic!("{other:?}"),
             Ok((layers, _)) => panic!("accepted {layers:?}"),
         }
-        match decode_all(Box::new(Cursor::new(xz(&[0x1f, 0x8b, 0x08])))) {
+        match decode_all(plain(Cursor::new(xz(&[0x1f, 0x8b, 0x08])))) {
             Err(
                 e @ DecodeError::Stream(StreamError::Truncated {
                     format: Compression::Gzip,
@@ -1289,7 +1282,7 @@ mod tests {
         assert_eq!(out_xz, out);
         // corrupt1.gz is cut short: gzip -dc says "unexpected end of file"
         // after 2994187 bytes. The error comes while reading, not sniffing.
-        let (layers, mut reader) = decode_all(Box::new(Cursor::new(corrupt))).unwrap();
+        let (layers, mut reader) = decode_all(plain(Cursor::new(corrupt))).unwrap();
         assert_eq!(layers, vec![Compression::Gzip]);
         let mut out = Vec::new();
         let err = reader.read_to_end(&mut out).unwrap_err();

@@ -6,12 +6,14 @@
 //! exit codes only by the binary.
 
 pub mod aligned;
+pub mod aligned_pool;
 pub mod cdi;
 pub mod decode;
 pub mod error;
 pub mod extent;
 pub mod format;
 pub mod limits;
+pub mod piece;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;

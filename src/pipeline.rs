@@ -4,7 +4,6 @@
 //! wrapper: its chosen disk's bytes go through the registry's probe again. The decoder runs on its own thread (`stream`), the sink on another
 //! (`sink::threaded`), the format reader on the caller's.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +13,7 @@ use crate::error::Error;
 use crate::format::engine::{ImageError, StreamError, StreamOptions};
 use crate::format::ova::{self, OvaError};
 use crate::format::{probe, ImageSummary, Probed, SNIFF_LEN};
+use crate::piece::Input;
 use crate::progress::Progress;
 use crate::sink::{ExtentSink, SinkSummary};
 use crate::source::SourceOptions;
@@ -97,13 +97,13 @@ pub fn open_source(
     spec: &str,
     options: &SourceOptions,
     progress: &Arc<Progress>,
-) -> Result<Box<dyn Read + Send>, Error> {
+) -> Result<Input, Error> {
     Ok(crate::source::open(spec, options, progress)?)
 }
 
 /// Converts the image read from `source` into `sink`.
 pub fn run(
-    source: Box<dyn Read + Send>,
+    source: Input,
     sink: &mut dyn ExtentSink,
     options: &ConvertOptions,
     progress: Arc<Progress>,

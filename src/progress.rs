@@ -147,14 +147,32 @@ impl<R> CountingReader<R> {
 
 impl<R: std::io::Read> std::io::Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.check_cancelled()?;
+        let n = self.inner.read(buf)?;
+        self.progress.add_source_read(n as u64);
+        Ok(n)
+    }
+}
+
+impl<R> CountingReader<R> {
+    fn check_cancelled(&self) -> std::io::Result<()> {
         if self.progress.is_cancelled() {
             // Not ErrorKind::Interrupted: readers retry those.
             return Err(std::io::Error::other(
                 "the import was stopped by a termination signal",
             ));
         }
-        let n = self.inner.read(buf)?;
-        self.progress.add_source_read(n as u64);
-        Ok(n)
+        Ok(())
+    }
+}
+
+impl<R: crate::piece::PieceRead> crate::piece::PieceRead for CountingReader<R> {
+    fn read_piece(&mut self, max: usize) -> std::io::Result<Option<bytes::Bytes>> {
+        self.check_cancelled()?;
+        let piece = self.inner.read_piece(max)?;
+        if let Some(piece) = &piece {
+            self.progress.add_source_read(piece.len() as u64);
+        }
+        Ok(piece)
     }
 }

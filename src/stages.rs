@@ -137,6 +137,15 @@ impl<R: std::io::Read> std::io::Read for TimedRead<R> {
     }
 }
 
+impl<R: crate::piece::PieceRead> crate::piece::PieceRead for TimedRead<R> {
+    fn read_piece(&mut self, max: usize) -> std::io::Result<Option<bytes::Bytes>> {
+        let started = Instant::now();
+        let out = self.inner.read_piece(max);
+        self.stages.busy(self.stage, started.elapsed());
+        out
+    }
+}
+
 fn nanos(time: Duration) -> u64 {
     u64::try_from(time.as_nanos()).unwrap_or(u64::MAX)
 }

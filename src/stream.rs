@@ -14,7 +14,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::aligned::AlignedBuf;
+use crate::aligned_pool::AlignedPool;
+use crate::piece::Input;
 use crate::progress::Progress;
 use crate::stages::{Stage, Stages};
 
@@ -36,20 +37,20 @@ pub struct ChunkStream {
 impl ChunkStream {
     /// Starts a producer thread that reads `input` to its end.
     /// `progress` is told how many decoded bytes were produced.
-    pub fn spawn(mut input: Box<dyn Read + Send>, progress: Arc<Progress>) -> Self {
+    pub fn spawn(input: Input, progress: Arc<Progress>) -> Self {
         let (sender, receiver) = sync_channel(CHANNEL_DEPTH);
         let stages = progress.stages().clone();
         let consumer_stages = stages.clone();
         let producer = std::thread::Builder::new()
             .name("decode".into())
             .spawn(move || {
-                let pool = BufferPool::new();
+                let mut producer = Producer::new(input);
                 loop {
                     // The source's reads run inside the decoder's: its share is
                     // taken out of the decoder's busy time.
                     let started = std::time::Instant::now();
                     let source_before = stages.busy_time(Stage::Source);
-                    let read = pool.read_chunk(&mut *input, CHUNK_SIZE);
+                    let read = producer.next_chunk();
                     let source_share = stages.busy_time(Stage::Source) - source_before;
                     stages.busy(
                         Stage::Decode,
@@ -235,65 +236,66 @@ impl Read for ChunkStream {
 /// memory too, and an O_DIRECT sink can write it without a copy.
 pub const CHUNK_ALIGN: usize = 4096;
 
-/// Chunk buffers return here when the last [`Bytes`] pointing into them is
-/// dropped, so the producer reuses them instead of allocating and zeroing a
-/// new buffer for every chunk.
-struct BufferPool {
-    returned: std::sync::mpsc::Receiver<AlignedBuf>,
-    give_back: std::sync::mpsc::Sender<AlignedBuf>,
+/// Fills the stream's chunks from the input. A piece the input shares that
+/// is a whole aligned chunk (a download's buffer) becomes the chunk as it
+/// is; anything else is copied into a buffer of the pool, which gets its
+/// buffers back when the last [`Bytes`] into them is dropped, so the
+/// producer reuses them instead of allocating and zeroing one per chunk.
+struct Producer {
+    input: Input,
+    pool: AlignedPool,
 }
 
-/// A filled chunk buffer; dropping it hands the buffer back to its pool.
-struct PooledChunk {
-    data: Option<AlignedBuf>,
-    len: usize,
-    give_back: std::sync::mpsc::Sender<AlignedBuf>,
-}
-
-impl AsRef<[u8]> for PooledChunk {
-    fn as_ref(&self) -> &[u8] {
-        &self.data.as_ref().expect("held until dropped").as_slice()[..self.len]
-    }
-}
-
-impl Drop for PooledChunk {
-    fn drop(&mut self) {
-        if let Some(data) = self.data.take() {
-            let _ = self.give_back.send(data);
-        }
-    }
-}
-
-impl BufferPool {
-    fn new() -> Self {
-        let (give_back, returned) = std::sync::mpsc::channel();
-        BufferPool {
-            returned,
-            give_back,
+impl Producer {
+    fn new(input: Input) -> Self {
+        Producer {
+            input,
+            pool: AlignedPool::new(CHUNK_SIZE, CHUNK_ALIGN),
         }
     }
 
-    /// Fills a buffer of `size` bytes from `input`, stopping early only at EOF.
-    fn read_chunk(&self, input: &mut dyn Read, size: usize) -> io::Result<Bytes> {
-        let mut data = match self.returned.try_recv() {
-            Ok(data) if data.len() == size => data,
-            _ => AlignedBuf::new(size, CHUNK_ALIGN),
-        };
-        let buffer = &mut data.as_mut_slice()[..size];
+    /// The next chunk of `CHUNK_SIZE` bytes, shorter only at the end (empty
+    /// there).
+    fn next_chunk(&mut self) -> io::Result<Bytes> {
+        let mut buffer = None;
         let mut filled = 0;
-        while filled < size {
-            match input.read(&mut buffer[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
+        while filled < CHUNK_SIZE {
+            match self.input.read_piece(CHUNK_SIZE - filled) {
+                Ok(Some(piece)) if piece.is_empty() => break,
+                Ok(Some(piece)) if filled == 0 && Self::is_whole_chunk(&piece) => {
+                    return Ok(piece);
+                }
+                Ok(Some(piece)) => {
+                    let buffer = buffer.get_or_insert_with(|| self.pool.take());
+                    buffer.as_mut_slice()[filled..filled + piece.len()].copy_from_slice(&piece);
+                    filled += piece.len();
+                }
+                Ok(None) => {
+                    let buffer = buffer.get_or_insert_with(|| self.pool.take());
+                    match self
+                        .input
+                        .read(&mut buffer.as_mut_slice()[filled..CHUNK_SIZE])
+                    {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(Bytes::from_owner(PooledChunk {
-            data: Some(data),
-            len: filled,
-            give_back: self.give_back.clone(),
-        }))
+        Ok(match buffer {
+            Some(buffer) => self.pool.share(buffer, filled),
+            None => Bytes::new(),
+        })
+    }
+
+    /// A piece that can be a chunk without a copy: all of one, and aligned
+    /// in memory as the chunk's own buffer would be.
+    fn is_whole_chunk(piece: &Bytes) -> bool {
+        piece.len() == CHUNK_SIZE && piece.as_ptr() as usize % CHUNK_ALIGN == 0
     }
 }
 
@@ -329,7 +331,8 @@ mod tests {
     #[test]
     fn whole_input_arrives_and_end_is_repeatable() {
         let input = io::Cursor::new(vec![1u8; CHUNK_SIZE * 2 + 5]);
-        let mut stream = ChunkStream::spawn(Box::new(input), Arc::new(Progress::default()));
+        let mut stream =
+            ChunkStream::spawn(crate::piece::plain(input), Arc::new(Progress::default()));
         assert_eq!(drain(&mut stream).unwrap(), (CHUNK_SIZE * 2 + 5) as u64);
         assert!(stream.next_chunk().unwrap().is_none());
     }
@@ -339,7 +342,8 @@ mod tests {
         let input = PanicsAfter {
             good: CHUNK_SIZE + 10,
         };
-        let mut stream = ChunkStream::spawn(Box::new(input), Arc::new(Progress::default()));
+        let mut stream =
+            ChunkStream::spawn(crate::piece::plain(input), Arc::new(Progress::default()));
         let error = drain(&mut stream).expect_err("a dead decoder must not look like the end");
         assert!(error.to_string().contains("decoding thread"), "{error}");
     }

@@ -189,9 +189,9 @@ fn corpus() -> Option<PathBuf> {
 }
 
 /// Opens `path` and peels its compression.
-fn open_decoded(path: &Path) -> (Vec<Compression>, Box<dyn Read + Send>) {
+fn open_decoded(path: &Path) -> (Vec<Compression>, diskimport::piece::Input) {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    decode_all(Box::new(file)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    decode_all(diskimport::piece::plain(file)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The first `SNIFF_LEN` decoded bytes (fewer at EOF).

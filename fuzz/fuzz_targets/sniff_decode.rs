@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         zstd_window_log_max: 27,
         ..DecodeOptions::default()
     };
-    let input = Box::new(Cursor::new(data.to_vec()));
+    let input = diskimport::piece::plain(Cursor::new(data.to_vec()));
     let Ok((layers, reader)) = decode_all_with(input, &options) else {
         return;
     };

@@ -11,9 +11,13 @@
 
 use std::io::{self, Read};
 
+use bytes::Bytes;
+
 use md5::Md5;
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
+
+use crate::piece::PieceRead;
 
 /// A malformed --checksum value.
 #[derive(Debug, thiserror::Error)]
@@ -203,29 +207,27 @@ impl<R> VerifyingReader<R> {
     }
 }
 
-impl<R: Read> Read for VerifyingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let hasher = match &mut self.check {
-            Check::Hashing(hasher) => hasher,
-            Check::Verified => return Ok(0),
+impl<R> VerifyingReader<R> {
+    /// The hasher while bytes still flow; `Err` once the digest mismatched,
+    /// `Ok(None)` once it matched (the end was reached).
+    fn hashing(&mut self) -> io::Result<Option<&mut Hasher>> {
+        match &mut self.check {
+            Check::Hashing(hasher) => Ok(Some(hasher)),
+            Check::Verified => Ok(None),
             Check::Mismatched(mismatch) => {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, mismatch.clone()))
+                Err(io::Error::new(io::ErrorKind::InvalidData, mismatch.clone()))
             }
-        };
-        let n = self.inner.read(buf)?;
-        if n > 0 {
-            hasher.update(&buf[..n]);
-            return Ok(n);
         }
+    }
+
+    /// At the end of the bytes: compares the digest.
+    fn finish(&mut self) -> io::Result<()> {
         let Check::Hashing(hasher) = std::mem::replace(&mut self.check, Check::Verified) else {
-            unreachable!("matched as hashing above");
+            return Ok(());
         };
         let got = hasher.finish();
         if got == self.expected.digest {
-            return Ok(0);
+            return Ok(());
         }
         let mismatch = ChecksumMismatch {
             algo: self.expected.algo.name(),
@@ -234,6 +236,40 @@ impl<R: Read> Read for VerifyingReader<R> {
         };
         self.check = Check::Mismatched(mismatch.clone());
         Err(io::Error::new(io::ErrorKind::InvalidData, mismatch))
+    }
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() || self.hashing()?.is_none() {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            self.finish()?;
+            return Ok(0);
+        }
+        if let Some(hasher) = self.hashing()? {
+            hasher.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+impl<R: PieceRead> PieceRead for VerifyingReader<R> {
+    fn read_piece(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        if self.hashing()?.is_none() {
+            return Ok(Some(Bytes::new()));
+        }
+        let Some(piece) = self.inner.read_piece(max)? else {
+            return Ok(None);
+        };
+        if piece.is_empty() {
+            self.finish()?;
+        } else if let Some(hasher) = self.hashing()? {
+            hasher.update(&piece);
+        }
+        Ok(Some(piece))
     }
 }
 

@@ -14,7 +14,7 @@
 //!   `--connections` connections.
 //! - A body longer than its Content-Length is an error (probed at its end).
 
-use std::io::{self, Read};
+use std::io;
 use std::sync::Arc;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
@@ -64,7 +64,7 @@ pub fn open(
     spec: &str,
     options: &SourceOptions,
     progress: &Arc<Progress>,
-) -> Result<Box<dyn Read + Send>, HttpError> {
+) -> Result<BodyReader, HttpError> {
     let url = Url::parse(spec).map_err(|e| HttpError::InvalidUrl {
         url: DisplayUrl::of_spec(spec),
         reason: e.to_string(),
@@ -91,9 +91,7 @@ pub fn open(
     if let Some(total) = first.total {
         progress.set_source_total(total);
     }
-    let reader =
-        BodyReader::start(net, opener, first, Net::plan(options)).map_err(HttpError::Runtime)?;
-    Ok(Box::new(reader))
+    BodyReader::start(net, opener, first, Net::plan(options)).map_err(HttpError::Runtime)
 }
 
 /// Basic auth (from the options, else from the URL's user info) and the

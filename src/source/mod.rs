@@ -1,6 +1,7 @@
 //! Sources: where the image bytes come from. Each yields the same forward-only
-//! `Read` stream that the decoders and format readers consume, and reports the
-//! bytes it read (and the total, where known) into [`Progress`].
+//! stream ([`Input`]: read, or taken in pieces from the download's buffers)
+//! that the decoders and format readers consume, and reports the bytes it
+//! read (and the total, where known) into [`Progress`].
 //!
 //! - `file`: a local path, or `-` for standard input.
 //! - `http`: `http(s)://` with TLS options, auth, headers, proxies, resume.
@@ -18,10 +19,10 @@ pub mod registry;
 pub mod s3;
 pub mod system_roots;
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::piece::{self, Input};
 use crate::progress::{CountingReader, Progress};
 
 /// Which kind of source a spec names, when its scheme alone does not say
@@ -146,19 +147,19 @@ pub fn open(
     spec: &str,
     options: &SourceOptions,
     progress: &Arc<Progress>,
-) -> Result<Box<dyn Read + Send>, SourceError> {
+) -> Result<Input, SourceError> {
     let verifier = options
         .checksum
         .as_deref()
         .map(checksum::Expected::parse)
         .transpose()?;
-    let raw: Box<dyn Read + Send> = match kind_of(spec, options) {
-        SourceKind::File => file::open(spec, progress)?,
-        SourceKind::Http => http::open(spec, options, progress)?,
-        SourceKind::S3 => s3::open(spec, options, progress)?,
-        SourceKind::Registry => registry::open(spec, options, progress)?,
+    let raw: Input = match kind_of(spec, options) {
+        SourceKind::File => piece::plain(file::open(spec, progress)?),
+        SourceKind::Http => Box::new(http::open(spec, options, progress)?),
+        SourceKind::S3 => Box::new(s3::open(spec, options, progress)?),
+        SourceKind::Registry => piece::plain(registry::open(spec, options, progress)?),
     };
-    let counted: Box<dyn Read + Send> = Box::new(CountingReader::new(raw, progress.clone()));
+    let counted: Input = Box::new(CountingReader::new(raw, progress.clone()));
     Ok(match verifier {
         Some(expected) => Box::new(checksum::VerifyingReader::new(counted, expected)),
         None => counted,

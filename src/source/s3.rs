@@ -30,7 +30,7 @@
 //! print on every multipart import.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::sync::Arc;
 
 use aws_sdk_s3::config::{
@@ -133,7 +133,7 @@ pub fn open(
     spec: &str,
     options: &SourceOptions,
     progress: &Arc<Progress>,
-) -> Result<Box<dyn Read + Send>, S3Error> {
+) -> Result<BodyReader, S3Error> {
     let location = parse_location(spec, options)?;
     let credentials = credentials(spec, options)?;
     let net = Arc::new(
@@ -192,9 +192,7 @@ pub fn open(
         }
         Some(_) => {}
     }
-    let reader =
-        BodyReader::start(net, opener, first, Net::plan(options)).map_err(S3Error::Runtime)?;
-    Ok(Box::new(reader))
+    BodyReader::start(net, opener, first, Net::plan(options)).map_err(S3Error::Runtime)
 }
 
 /// `spec` as it may appear in messages: without user info or query (a

@@ -134,7 +134,7 @@ pub fn virtual_size(path: &Path) -> Result<u64, SizeError> {
     };
     let source = File::open(path).map_err(|e| invalid(e.to_string()))?;
     let report = pipeline::run(
-        Box::new(source),
+        crate::piece::plain(source),
         &mut NullSink::default(),
         &options,
         Arc::new(Progress::default()),

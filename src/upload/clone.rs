@@ -76,7 +76,7 @@ pub fn block_clone(
     sink: &mut dyn ExtentSink,
     progress: Arc<Progress>,
 ) -> Result<SinkSummary, CloneError> {
-    let mut stream = ChunkStream::spawn(unframe(body), progress);
+    let mut stream = ChunkStream::spawn(crate::piece::plain(unframe(body)), progress);
     let mut offset = 0u64;
     while let Some(chunk) = stream.next_chunk().map_err(CloneError::Read)? {
         let len = chunk.len() as u64;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::decode::sniff_compression;
 use crate::format::{sniff_format, ImageFormat, SNIFF_LEN};
+use crate::piece::{self, Input};
 use crate::pipeline::{self, ConvertOptions};
 use crate::progress::{CountingReader, Phase, Progress};
 use crate::sink::ExtentSink;
@@ -58,9 +59,9 @@ pub fn run(
 ) -> Result<UploadTermination, Failure> {
     progress.set_phase(Phase::Transferring);
     let counted = CountingReader::new(body, progress.clone());
-    let input: Box<dyn Read + Send> = match job.expected {
-        Some(expected) => Box::new(VerifyingReader::new(counted, expected)),
-        None => Box::new(counted),
+    let input: Input = match job.expected {
+        Some(expected) => piece::plain(VerifyingReader::new(counted, expected)),
+        None => piece::plain(counted),
     };
     let destination = Destination::of(&config.destination);
     match job.content {
@@ -71,7 +72,7 @@ pub fn run(
 }
 
 fn disk(
-    input: Box<dyn Read + Send>,
+    input: Input,
     destination: &Destination,
     image_length: Option<u64>,
     config: &UploadConfig,
@@ -99,10 +100,10 @@ fn disk(
 /// A raw (or ISO) image, uncompressed, is as long as its body: when that
 /// is more than the target holds, it is refused from the first bytes.
 fn refuse_long_raw(
-    mut input: Box<dyn Read + Send>,
+    mut input: Input,
     image_length: Option<u64>,
     sink: &target::SizeGuard<crate::sink::threaded::ThreadedSink>,
-) -> Result<Box<dyn Read + Send>, Failure> {
+) -> Result<Input, Failure> {
     let Some(length) = image_length.filter(|l| *l > sink.capacity()) else {
         return Ok(input);
     };
@@ -116,11 +117,11 @@ fn refuse_long_raw(
     if is_raw {
         sink.check(length).map_err(|e| Failure::from_error(&e))?;
     }
-    Ok(Box::new(std::io::Cursor::new(head).chain(input)))
+    Ok(Box::new(piece::Replay::new(head.into(), input)))
 }
 
 fn archive(
-    input: Box<dyn Read + Send>,
+    input: Input,
     destination: &Destination,
     config: &UploadConfig,
 ) -> Result<UploadTermination, Failure> {
@@ -136,7 +137,7 @@ fn archive(
 }
 
 fn clone_target(
-    input: Box<dyn Read + Send>,
+    input: Input,
     kind: CloneKind,
     destination: &Destination,
     config: &UploadConfig,

@@ -13,10 +13,13 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
 
+use super::gather::Gather;
 use super::request::Opened;
 use super::resume::Identity;
 use super::transfer::{deliver, probe_end, Opener, Span, CHUNK};
 use super::{runtime, Net, NetError};
+use crate::aligned_pool::AlignedPool;
+use crate::piece::PieceRead;
 
 /// Bytes per parallel segment.
 pub const SEGMENT: u64 = 4 << 20;
@@ -41,6 +44,8 @@ pub struct BodyReader {
     net: Arc<Net>,
     opener: Arc<dyn Opener>,
     identity: Identity,
+    /// The buffers every span's chunks are gathered in.
+    pool: AlignedPool,
     segments: VecDeque<Segment>,
     /// Next segment start, in parallel mode.
     next: Option<u64>,
@@ -79,6 +84,7 @@ impl BodyReader {
             net,
             opener,
             identity,
+            pool: Gather::pool(),
             segments: VecDeque::new(),
             next: None,
             current: Bytes::new(),
@@ -127,8 +133,9 @@ impl BodyReader {
         let net = self.net.clone();
         let opener = self.opener.clone();
         let identity = self.identity.clone();
+        let pool = self.pool.clone();
         runtime()?.spawn(async move {
-            if let Err(error) = deliver(&net, &*opener, &identity, span, first, &tx).await {
+            if let Err(error) = deliver(&net, &*opener, &identity, span, first, pool, &tx).await {
                 let _ = tx.send(Err(error)).await;
             }
         });
@@ -225,6 +232,20 @@ impl Read for BodyReader {
         buf[..n].copy_from_slice(&self.current[..n]);
         self.current.advance(n);
         Ok(n)
+    }
+}
+
+impl PieceRead for BodyReader {
+    /// The chunks as they came from the network (aligned, a whole MiB of the
+    /// object each but the last), or the part of one left by a `read`.
+    fn read_piece(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        while self.current.is_empty() {
+            if !self.fill()? {
+                return Ok(Some(Bytes::new()));
+            }
+        }
+        let n = max.min(self.current.len());
+        Ok(Some(self.current.split_to(n)))
     }
 }
 

@@ -15,11 +15,12 @@ use super::gather::Gather;
 use super::request::Opened;
 use super::resume::Identity;
 use super::{DisplayUrl, Net, NetError, Retry};
+use crate::aligned_pool::AlignedPool;
 use crate::error::describe_chain;
 
 /// Size of the chunks handed to the reader (one park/unpark per MiB, not per
-/// network read).
-pub const CHUNK: usize = 1 << 20;
+/// network read); the stream's chunk size, so that they pass through it.
+pub const CHUNK: usize = crate::stream::CHUNK_SIZE;
 
 /// The future of [`Opener::open`].
 pub type OpenFuture<'a> = Pin<Box<dyn Future<Output = Result<Opened, NetError>> + Send + 'a>>;
@@ -55,15 +56,17 @@ enum Ended {
     Closed,
 }
 
-/// Delivers `span` of the object into `tx`, resuming as needed; `first` is an
-/// answer already received for the span's start. Returns once the span is
-/// complete or the reader is gone; the error of a failure that is final.
+/// Delivers `span` of the object into `tx` in chunks from `pool`, resuming
+/// as needed; `first` is an answer already received for the span's start.
+/// Returns once the span is complete or the reader is gone; the error of a
+/// failure that is final.
 pub async fn deliver(
     net: &Net,
     opener: &dyn Opener,
     identity: &Identity,
     span: Span,
     mut first: Option<Opened>,
+    pool: AlignedPool,
     tx: &ChunkSender,
 ) -> Result<(), NetError> {
     let shown = opener.shown();
@@ -71,7 +74,7 @@ pub async fn deliver(
     let mut identity = identity.clone();
     let mut pos = span.start;
     let mut failures = 0u32;
-    let mut pending = Gather::new();
+    let mut pending = Gather::new(pool);
     loop {
         let before = pos;
         let attempt = Attempt {
@@ -215,9 +218,12 @@ impl Attempt<'_> {
             }
             *pos += chunk.len() as u64;
             finished |= end == Some(*pos) && self.span.end.is_some();
-            if let Some(full) = pending.push(&chunk) {
-                if tx.send(Ok(full)).await.is_err() {
-                    return Ok(Ended::Closed);
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                if let Some(full) = pending.fill(&mut rest) {
+                    if tx.send(Ok(full)).await.is_err() {
+                        return Ok(Ended::Closed);
+                    }
                 }
             }
             if finished {
