@@ -22,7 +22,7 @@ use crate::stages::{Stage, Stages};
 /// Size of the chunks the producer sends.
 pub const CHUNK_SIZE: usize = 1 << 20;
 /// Chunks that may wait in the channel.
-const CHANNEL_DEPTH: usize = 4;
+const CHANNEL_DEPTH: usize = 2;
 
 /// Consumer end of a byte stream: chunks in order, with push-back.
 pub struct ChunkStream {

@@ -1,10 +1,12 @@
 //! The blocking end of a download: the decoder thread reads the object in
 //! order from here. One connection streams the whole object; with several
 //! (`--connections N`, for a large object whose server honours ranges and
-//! names it by a validator), consecutive segments of [`SEGMENT`] bytes are
-//! fetched at once, each resumed on its own when its connection drops, and
-//! read in order: at most N segments are in flight or waiting, so memory stays
-//! at N × [`SEGMENT`] whatever the object's size.
+//! names it by a validator), N consecutive segments are fetched at once, each
+//! resumed on its own when its connection drops, and read in order. The
+//! segments share one window of [`WINDOW`] bytes (a segment is the window
+//! divided by N, whole chunks, at least one), so the download holds about
+//! [`WINDOW`] bytes whatever the object's size and the number of
+//! connections.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -21,8 +23,9 @@ use super::{runtime, Net, NetError};
 use crate::aligned_pool::AlignedPool;
 use crate::piece::PieceRead;
 
-/// Bytes per parallel segment.
-pub const SEGMENT: u64 = 4 << 20;
+/// Bytes a parallel download holds at most, waiting or in flight, across
+/// its segments (with one connection: [`QUEUE`] chunks).
+pub const WINDOW: u64 = 4 << 20;
 /// Objects smaller than this are fetched over one connection.
 pub const PARALLEL_MIN: u64 = 32 << 20;
 /// Connections used when none are asked for.
@@ -49,6 +52,8 @@ pub struct BodyReader {
     segments: VecDeque<Segment>,
     /// Next segment start, in parallel mode.
     next: Option<u64>,
+    /// Bytes per segment, in parallel mode.
+    segment: u64,
     current: Bytes,
     probe_end: bool,
     state: State,
@@ -87,6 +92,7 @@ impl BodyReader {
             pool: Gather::pool(),
             segments: VecDeque::new(),
             next: None,
+            segment: segment_len(plan.connections),
             current: Bytes::new(),
             probe_end: plan.probe_end,
             state: State::Reading,
@@ -101,11 +107,11 @@ impl BodyReader {
             reader.spawn(
                 Span {
                     start: 0,
-                    end: Some(SEGMENT),
+                    end: Some(reader.segment),
                 },
                 Some(first),
             )?;
-            reader.next = Some(SEGMENT);
+            reader.next = Some(reader.segment);
             for _ in 1..plan.connections {
                 reader.spawn_next()?;
             }
@@ -156,7 +162,7 @@ impl BodyReader {
             self.next = None;
             return Ok(());
         }
-        let end = (start + SEGMENT).min(total);
+        let end = (start + self.segment).min(total);
         self.spawn(
             Span {
                 start,
@@ -235,6 +241,13 @@ impl Read for BodyReader {
     }
 }
 
+/// Bytes per segment of a download over `connections`: its share of the
+/// window, in whole chunks.
+fn segment_len(connections: usize) -> u64 {
+    let chunks = (WINDOW / CHUNK as u64 / connections.max(1) as u64).max(1);
+    chunks * CHUNK as u64
+}
+
 impl PieceRead for BodyReader {
     /// The chunks as they came from the network (aligned, a whole MiB of the
     /// object each but the last), or the part of one left by a `read`.
@@ -260,4 +273,22 @@ pub fn block_on<T: Send + 'static>(
     });
     rx.recv()
         .map_err(|_| io::Error::other("the network task stopped without a result"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_share_the_window_in_whole_chunks() {
+        assert_eq!(segment_len(1), WINDOW);
+        assert_eq!(segment_len(4), WINDOW / 4);
+        assert_eq!(segment_len(3), 2 * CHUNK as u64, "rounded down to chunks");
+        assert_eq!(segment_len(64), CHUNK as u64, "at least one chunk");
+        for connections in 1..=32 {
+            let segment = segment_len(connections);
+            assert_eq!(segment % CHUNK as u64, 0);
+            assert!(segment * connections as u64 <= WINDOW.max(connections as u64 * CHUNK as u64));
+        }
+    }
 }
