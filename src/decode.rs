@@ -49,21 +49,24 @@
 
 //! # Threads
 //!
-//! xz uses liblzma's multi-threaded decoder (threads = available cores; it
-//! falls back to fewer threads above [`DecodeOptions::xz_memlimit_threading`],
-//! and to the single-threaded decoder if it cannot be set up). It only runs in
-//! parallel on files written in several blocks (`xz -T0` does that); other
-//! files decode at single-thread speed. liblzma's threaded decoder has no
+//! xz uses liblzma's multi-threaded decoder (threads = available cores, as
+//! many as fit under [`DecodeOptions::xz_memlimit_threading`] for blocks like
+//! the first, see [`xz_threads`]); where fewer than two fit, or the block
+//! headers carry no sizes (a single-threaded encoder writes none), the stream is
+//! decoded directly on one thread. It only runs in parallel on files written
+//! in several blocks (`xz -T0` does that). liblzma's threaded decoder has no
 //! "concatenated" flag in the Rust binding, so stream concatenation and
 //! padding are handled here ([`XzReader`]), the way `LZMA_CONCATENATED` does.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Chain, Cursor, Read};
 
 use liblzma::stream::{Action, MtStreamBuilder, Status, Stream};
 use zstd::zstd_safe;
 
 use crate::piece::{plain, Input, Replay};
+
+mod xz_threads;
 
 /// A compression wrapper recognized from its magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -304,10 +307,7 @@ fn wrap(format: Compression, input: Input, options: &DecodeOptions) -> Result<In
             format,
             flate2::bufread::MultiGzDecoder::new(below),
         )),
-        Compression::Xz => plain(Checked::new(
-            format,
-            XzReader::new(below, options).map_err(|e| init(&e))?,
-        )),
+        Compression::Xz => plain(Checked::new(format, XzReader::new(below, options)?)),
         Compression::Zstd => plain(Checked::new(
             format,
             ZstdReader::new(below, options).map_err(|e| init(&e))?,
@@ -434,14 +434,24 @@ struct XzReader<R> {
     done: bool,
 }
 
-impl<R: BufRead> XzReader<R> {
-    fn new(input: R, options: &DecodeOptions) -> Result<Self, liblzma::stream::Error> {
-        let threads = match options.xz_threads {
+impl<R: BufRead> XzReader<Chain<Cursor<Vec<u8>>, R>> {
+    /// The decoder over `input`, on as many threads as the first block
+    /// header says fit under the threading limit ([`xz_threads`]).
+    fn new(mut input: R, options: &DecodeOptions) -> Result<Self, DecodeError> {
+        let cores = match options.xz_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()) as u32,
             n => n,
         };
+        let head =
+            read_head(&mut input, xz_threads::HEAD_LEN).map_err(|e| match stream_error(&e) {
+                Some(se) => DecodeError::Stream(se.clone()),
+                None => DecodeError::Io(e),
+            })?;
+        let first = xz_threads::first_block(&head);
+        let threads = xz_threads::threads(first, cores, options.xz_memlimit_threading);
+        tracing::debug!(?first, threads, "xz decoder");
         let mut reader = XzReader {
-            input,
+            input: Cursor::new(head).chain(input),
             stream: None,
             threads,
             memlimit_threading: options.xz_memlimit_threading,
@@ -451,12 +461,21 @@ impl<R: BufRead> XzReader<R> {
             stalls: 0,
             done: false,
         };
-        reader.stream = Some(reader.new_decoder()?);
+        reader.stream = Some(reader.new_decoder().map_err(|e| DecodeError::Init {
+            format: Compression::Xz,
+            detail: e.to_string(),
+        })?);
         Ok(reader)
     }
+}
 
-    /// The threaded decoder, or the single-threaded one if that fails.
+impl<R: BufRead> XzReader<R> {
+    /// The threaded decoder (on more than one thread), else or if that
+    /// fails the single-threaded one.
     fn new_decoder(&self) -> Result<Stream, liblzma::stream::Error> {
+        if self.threads < 2 {
+            return Stream::new_stream_decoder(self.memlimit, 0);
+        }
         MtStreamBuilder::new()
             .threads(self.threads.max(1))
             .timeout_ms(0)
@@ -700,7 +719,7 @@ impl<R: BufRead> Read for ZstdReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Cursor, Write};
+    use std::io::Write;
 
     /// Deterministic, somewhat compressible test data.
     fn sample(len: usize, seed: u32) -> Vec<u8> {
