@@ -25,7 +25,7 @@ use crate::piece::PieceRead;
 
 /// Bytes a parallel download holds at most, waiting or in flight, across
 /// its segments (with one connection: [`QUEUE`] chunks).
-pub const WINDOW: u64 = 4 << 20;
+pub const WINDOW: u64 = 8 << 20;
 /// Objects smaller than this are fetched over one connection.
 pub const PARALLEL_MIN: u64 = 32 << 20;
 /// Connections used when none are asked for.
