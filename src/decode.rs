@@ -263,13 +263,7 @@ pub fn decode_all_with(
     let mut layers = Vec::new();
     let mut current = input;
     loop {
-        let head =
-            read_head(&mut *current, COMPRESSION_SNIFF_LEN).map_err(|e| {
-                match stream_error(&e) {
-                    Some(se) => DecodeError::Stream(se.clone()),
-                    None => DecodeError::Io(e),
-                }
-            })?;
+        let head = read_head(&mut *current, COMPRESSION_SNIFF_LEN)?;
         let found = sniff_compression(&head);
         current = Box::new(Replay::new(head.into(), current));
         let Some(format) = found else {
@@ -288,11 +282,17 @@ pub fn decode_all_with(
     }
 }
 
-/// Reads up to `n` bytes, fewer only at EOF.
-fn read_head(input: &mut dyn Read, n: usize) -> io::Result<Vec<u8>> {
+/// Reads up to `n` bytes, fewer only at EOF; a failure is the decoding
+/// error it carries (of a layer below), else the read's.
+fn read_head(input: &mut dyn Read, n: usize) -> Result<Vec<u8>, DecodeError> {
     let mut head = Vec::with_capacity(n);
-    input.take(n as u64).read_to_end(&mut head)?;
-    Ok(head)
+    match input.take(n as u64).read_to_end(&mut head) {
+        Ok(_) => Ok(head),
+        Err(e) => Err(match stream_error(&e) {
+            Some(se) => DecodeError::Stream(se.clone()),
+            None => DecodeError::Io(e),
+        }),
+    }
 }
 
 /// Puts the streaming decoder for `format` on top of `input`.
@@ -442,11 +442,7 @@ impl<R: BufRead> XzReader<Chain<Cursor<Vec<u8>>, R>> {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()) as u32,
             n => n,
         };
-        let head =
-            read_head(&mut input, xz_threads::HEAD_LEN).map_err(|e| match stream_error(&e) {
-                Some(se) => DecodeError::Stream(se.clone()),
-                None => DecodeError::Io(e),
-            })?;
+        let head = read_head(&mut input, xz_threads::HEAD_LEN)?;
         let first = xz_threads::first_block(&head);
         let threads = xz_threads::threads(first, cores, options.xz_memlimit_threading);
         tracing::debug!(?first, threads, "xz decoder");
@@ -477,7 +473,7 @@ impl<R: BufRead> XzReader<R> {
             return Stream::new_stream_decoder(self.memlimit, 0);
         }
         MtStreamBuilder::new()
-            .threads(self.threads.max(1))
+            .threads(self.threads)
             .timeout_ms(0)
             .memlimit_threading(self.memlimit_threading.min(self.memlimit))
             .memlimit_stop(self.memlimit)
