@@ -44,6 +44,9 @@ const WANT_COST: u64 = 128;
 /// The largest piece served at once from bytes the stream has passed.
 const PAST_PIECE: u64 = 1 << 20;
 
+/// Output per batch handed to the inflate pool (one message and wake-up each).
+const INFLATE_BATCH_BYTES: u64 = 1 << 20;
+
 /// A format the engine can stream: it names tables, and turns each completed table
 /// into claims.
 pub trait TableFormat {
@@ -829,14 +832,22 @@ impl<'a> Claims<'a> {
         let keep = (self.virtual_size - unit.guest).min(unit.unit_size) as usize;
         if eof_end.is_none() && self.inflate_threads > 1 {
             if self.pool.is_none() {
-                // Two units in flight per thread keep the threads busy; the budget
-                // bounds them (input and output of each).
-                let per_unit = 2 * unit.unit_size.max(1);
-                let by_budget = (self.budget() / per_unit).max(1) as usize;
-                let max_in_flight = (self.inflate_threads * 4).min(by_budget);
+                // Batches of about a MiB of output; two in flight per thread keep
+                // the threads busy; the budget bounds them (input and output of
+                // each unit, and the batch being filled).
+                let unit_size = unit.unit_size.max(1);
+                let batch_units = (INFLATE_BATCH_BYTES / unit_size).clamp(1, 64);
+                let per_batch = 2 * unit_size * batch_units;
+                let by_budget = (self.budget() / per_batch).saturating_sub(1).max(1) as usize;
+                let max_batches = (self.inflate_threads * 2).min(by_budget);
                 self.pool = Some(
-                    InflatePool::start(self.inflate_threads, max_in_flight, self.stages.clone())
-                        .map_err(StreamError::Threads)?,
+                    InflatePool::start(
+                        self.inflate_threads,
+                        batch_units as usize,
+                        max_batches,
+                        self.stages.clone(),
+                    )
+                    .map_err(StreamError::Threads)?,
                 );
             }
             let mut finished = Vec::new();
