@@ -103,9 +103,7 @@ impl Decoders {
             }
         }
     }
-}
 
-impl Decoders {
     /// The fast path: a deflate or zlib stream that ends within `unit_size` bytes of
     /// output, at least `needed` of them. `None` leaves the unit to the streaming
     /// inflater (see the module doc).
