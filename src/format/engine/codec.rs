@@ -70,14 +70,14 @@ impl Decoders {
     ) -> Result<Vec<u8>, String> {
         match codec {
             Codec::Deflate => {
-                if let Some(out) = self.inflate_whole(codec, input, unit_size, unit_size) {
+                if let Some(out) = self.inflate_whole(input, unit_size, unit_size, false) {
                     return Ok(out);
                 }
                 let inflater = reset_inflater(&mut self.deflate, false);
                 inflate_cluster(inflater, input, unit_size)
             }
             Codec::Zlib => {
-                if let Some(out) = self.inflate_whole(codec, input, unit_size, needed) {
+                if let Some(out) = self.inflate_whole(input, unit_size, needed, true) {
                     return Ok(out);
                 }
                 let inflater = reset_inflater(&mut self.zlib, true);
@@ -104,22 +104,22 @@ impl Decoders {
         }
     }
 
-    /// The fast path: a deflate or zlib stream that ends within `unit_size` bytes of
-    /// output, at least `needed` of them. `None` leaves the unit to the streaming
-    /// inflater (see the module doc).
+    /// The fast path: a raw deflate stream (or, with `zlib_header`, a zlib stream)
+    /// that ends within `unit_size` bytes of output, at least `needed` of them.
+    /// `None` leaves the unit to the streaming inflater (see the module doc).
     fn inflate_whole(
         &mut self,
-        codec: Codec,
         input: &[u8],
         unit_size: usize,
         needed: usize,
+        zlib_header: bool,
     ) -> Option<Vec<u8>> {
         let inflater = self.whole.get_or_insert_with(WholeInflater::new);
         let mut out = vec![0u8; unit_size];
-        let produced = match codec {
-            Codec::Deflate => inflater.deflate_decompress(input, &mut out),
-            Codec::Zlib => inflater.zlib_decompress(input, &mut out),
-            Codec::Zstd => return None,
+        let produced = if zlib_header {
+            inflater.zlib_decompress(input, &mut out)
+        } else {
+            inflater.deflate_decompress(input, &mut out)
         }
         .ok()?;
         if produced < needed {
@@ -301,7 +301,7 @@ mod tests {
         let packed = deflate_raw(&data);
         let mut decoders = Decoders::default();
         let fast = decoders
-            .inflate_whole(Codec::Deflate, &packed, 65536, 65536)
+            .inflate_whole(&packed, 65536, 65536, false)
             .expect("a plain cluster takes the fast path");
         let streaming = inflate_cluster(&mut Decompress::new(false), &packed, 65536).unwrap();
         assert_eq!(fast, streaming);
