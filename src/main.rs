@@ -187,7 +187,8 @@ struct SourceArgs {
     #[arg(long)]
     region: Option<String>,
     /// Connections for a parallel ranged download of a large http or S3
-    /// object whose server honours ranges [default: 4; 1 turns it off].
+    /// object whose server honours ranges [default: up to 4, kept only if a
+    /// trial shows them faster than one; 1 turns it off].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=16))]
     connections: Option<u16>,
     /// Seconds a read may wait for a byte before the connection counts as

@@ -1244,3 +1244,120 @@ fn a_large_object_comes_over_parallel_ranges_and_a_dropped_range_is_resumed_alon
     }
     common::finish("parallel ranges", failures);
 }
+
+/// Status and size of every GET of `name` in nginx's access log.
+fn gets(log: &str, name: &str) -> Vec<(u16, u64)> {
+    let needle = format!("GET /{name} ");
+    log.lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| {
+            // ... "GET /name HTTP/1.1" STATUS BYTES ...
+            let after = l.split('"').nth(2)?;
+            let mut fields = after.split_whitespace();
+            Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A server that limits every connection (fault_proxy's per-connection
+/// throttle): without `--connections`, the download tries parallel ranges,
+/// finds them about four times as fast, and keeps them to the end.
+#[test]
+fn without_connections_asked_ranges_are_kept_where_they_are_faster() {
+    let Some(servers) = require_servers(&["nginx", "htpasswd", "python3"]) else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("net-steer")
+        .tempdir()
+        .unwrap();
+    let work = dir.path();
+    let www = work.join("www");
+    fs::create_dir_all(&www).unwrap();
+    let data: Vec<u8> = (0..(96u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(www.join("disk.raw"), &data).unwrap();
+    let nginx = servers::Nginx::start(&servers, &work.join("nginx"), &www);
+    // 8 MB/s per connection: one connection reads 8 MB/s, four 32 MB/s,
+    // well past the 1.25x a trial must show.
+    let proxy = FaultProxy::start(
+        &servers,
+        &work.join("fp"),
+        nginx.http_port,
+        &["--throttle", "8000000"],
+    );
+    let mut failures = Vec::new();
+    let target = work.join("out.raw");
+    let run = convert(&proxy.url("disk.raw"), &target, &[]);
+    if !run.ok() || fs::read(&target).map(|t| t != data).unwrap_or(true) {
+        failures.push(format!("download: {}", run.describe()));
+    }
+    let gets = gets(&nginx.access_log(), "disk.raw");
+    let segments = gets.iter().filter(|g| *g == &(206, 2 << 20)).count();
+    let open_ended = gets.iter().filter(|g| g.0 == 206 && g.1 > 2 << 20).count();
+    // One GET streams from 0 until the trial (nginx logs it when it is cut,
+    // after the first segments); the rest (at least 50 MiB) comes in 2 MiB
+    // segments.
+    let whole = gets.iter().filter(|g| g.0 == 200).count();
+    if whole != 1 || segments < 25 || open_ended != 0 {
+        failures.push(format!(
+            "expected a 200, then only 2 MiB ranges: {gets:?}\n{}",
+            run.describe()
+        ));
+    }
+    common::finish("ranges kept", failures);
+}
+
+/// A server whose every new connection answers only after 1.5 s: the trial's
+/// fresh connections have delivered at most two chunks when it ends (a second
+/// and two chunks), slower than the one already streaming at 8 MB/s, so the
+/// download gives them up and fetches the rest as one open-ended range.
+#[test]
+fn without_connections_asked_ranges_are_given_up_where_they_are_slower() {
+    let Some(servers) = require_servers(&["nginx", "htpasswd", "python3"]) else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("net-steer")
+        .tempdir()
+        .unwrap();
+    let work = dir.path();
+    let www = work.join("www");
+    fs::create_dir_all(&www).unwrap();
+    // Large enough that, after the first measurement, more is left than a
+    // trial is worth starting for (32 MiB).
+    let data: Vec<u8> = (0..(64u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+        .collect();
+    fs::write(www.join("disk.raw"), &data).unwrap();
+    let nginx = servers::Nginx::start(&servers, &work.join("nginx"), &www);
+    let proxy = FaultProxy::start(
+        &servers,
+        &work.join("fp"),
+        nginx.http_port,
+        &["--throttle", "8000000", "--delay", "1.5"],
+    );
+    let mut failures = Vec::new();
+    let target = work.join("out.raw");
+    let run = convert(&proxy.url("disk.raw"), &target, &[]);
+    if !run.ok() || fs::read(&target).map(|t| t != data).unwrap_or(true) {
+        failures.push(format!("download: {}", run.describe()));
+    }
+    let gets = gets(&nginx.access_log(), "disk.raw");
+    let segments = gets.iter().filter(|g| *g == &(206, 2 << 20)).count();
+    let open_ended: Vec<_> = gets
+        .iter()
+        .filter(|g| g.0 == 206 && g.1 > 2 << 20)
+        .collect();
+    // A 200 cut at the trial, at most the trial's segments (the four
+    // started and those that followed before the verdict), then the rest.
+    let whole = gets.iter().filter(|g| g.0 == 200).count();
+    if whole != 1 || segments == 0 || segments > 8 || open_ended.len() != 1 {
+        failures.push(format!(
+            "expected a 200, a few 2 MiB ranges, one open-ended range: {gets:?}\n{}",
+            run.describe()
+        ));
+    }
+    common::finish("ranges given up", failures);
+}

@@ -526,6 +526,7 @@ impl Job {
         }
         let plan = Plan {
             connections: 1,
+            asked: true,
             probe_end: false,
         };
         BodyReader::start(self.net.clone(), opener, first, plan)

@@ -5,7 +5,8 @@
 //! mechanism ([`resume`], [`transfer`], chunks gathered by [`gather`]), one
 //! stall timeout, one cancel token ([`cancel`]), one display-safe URL
 //! ([`display_url`]), and the blocking, optionally parallel, reader the
-//! pipeline pulls from ([`reader`]).
+//! pipeline pulls from ([`reader`]), which goes parallel by itself only where
+//! that proves faster ([`steer`]).
 
 pub mod cancel;
 pub mod display_url;
@@ -16,6 +17,7 @@ pub mod request;
 pub mod resume;
 pub mod retry;
 pub mod runtime;
+pub mod steer;
 pub mod tls;
 pub mod transfer;
 
@@ -70,6 +72,7 @@ impl Net {
                 .connections
                 .unwrap_or(reader::DEFAULT_CONNECTIONS)
                 .max(1),
+            asked: options.connections.is_some(),
             probe_end: true,
         }
     }

@@ -6,11 +6,14 @@
 //! segments share one window of [`WINDOW`] bytes (a segment is the window
 //! divided by N, whole chunks, at least one), so the download holds about
 //! [`WINDOW`] bytes whatever the object's size and the number of
-//! connections.
+//! connections. When no number was asked for, the download starts on one
+//! connection and [`Steer`] decides whether parallel segments are worth it
+//! (a trial from the current offset, kept only if clearly faster).
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
@@ -18,6 +21,7 @@ use tokio::sync::mpsc;
 use super::gather::Gather;
 use super::request::Opened;
 use super::resume::Identity;
+use super::steer::{Steer, Turn};
 use super::transfer::{deliver, probe_end, Opener, Span, CHUNK};
 use super::{runtime, Net, NetError};
 use crate::aligned_pool::AlignedPool;
@@ -28,7 +32,8 @@ use crate::piece::PieceRead;
 pub const WINDOW: u64 = 8 << 20;
 /// Objects smaller than this are fetched over one connection.
 pub const PARALLEL_MIN: u64 = 32 << 20;
-/// Connections used when none are asked for.
+/// Connections a download may use when none are asked for (if they prove
+/// faster than one).
 pub const DEFAULT_CONNECTIONS: usize = 4;
 /// Chunks waiting between a single-connection download and the reader.
 const QUEUE: usize = 4;
@@ -38,6 +43,9 @@ const QUEUE: usize = 4;
 pub struct Plan {
     /// Connections to use at most (1: sequential).
     pub connections: usize,
+    /// Whether they were asked for: if not, they are used only where they
+    /// prove faster than one ([`Steer`]).
+    pub asked: bool,
     /// Check at the end that the server has nothing beyond the length.
     pub probe_end: bool,
 }
@@ -54,6 +62,12 @@ pub struct BodyReader {
     next: Option<u64>,
     /// Bytes per segment, in parallel mode.
     segment: u64,
+    /// Connections of parallel mode.
+    connections: usize,
+    /// Bytes handed to the reader so far (the offset of `current`'s end).
+    offset: u64,
+    /// Deciding between one connection and several, when nobody said.
+    steer: Option<Steer>,
     current: Bytes,
     probe_end: bool,
     state: State,
@@ -93,11 +107,23 @@ impl BodyReader {
             segments: VecDeque::new(),
             next: None,
             segment: segment_len(plan.connections),
+            connections: plan.connections,
+            offset: 0,
+            steer: None,
             current: Bytes::new(),
             probe_end: plan.probe_end,
             state: State::Reading,
         };
-        if parallel {
+        if parallel && !plan.asked {
+            reader.steer = Some(Steer::new(PARALLEL_MIN));
+            reader.spawn(
+                Span {
+                    start: 0,
+                    end: None,
+                },
+                Some(first),
+            )?;
+        } else if parallel {
             let total = reader.identity.total.unwrap_or_default();
             tracing::debug!(
                 connections = plan.connections,
@@ -112,7 +138,7 @@ impl BodyReader {
                 Some(first),
             )?;
             reader.next = Some(reader.segment);
-            for _ in 1..plan.connections {
+            for _ in 1..reader.connections {
                 reader.spawn_next()?;
             }
         } else {
@@ -174,6 +200,36 @@ impl BodyReader {
         Ok(())
     }
 
+    /// Acts on what [`Steer`] says now that `offset` bytes were handed on.
+    fn steer(&mut self) -> io::Result<()> {
+        let (Some(steer), Some(total)) = (self.steer.as_mut(), self.identity.total) else {
+            return Ok(());
+        };
+        let left = total.saturating_sub(self.offset);
+        match steer.observe(self.offset, left, Instant::now()) {
+            // Only the one open-ended span is running: it is dropped (its
+            // queued chunks with it) and the rest is fetched in segments
+            // from the first byte not handed on, a whole number of chunks
+            // into the object.
+            Some(Turn::Parallel) if self.segments.len() == 1 && left > 0 => {
+                self.segments.clear();
+                self.next = Some(self.offset);
+                for _ in 0..self.connections {
+                    self.spawn_next()?;
+                }
+            }
+            // The segments already started finish; one open-ended span
+            // takes the rest after them.
+            Some(Turn::Sequential) => {
+                if let Some(start) = self.next.take().filter(|s| *s < total) {
+                    self.spawn(Span { start, end: None }, None)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn fail(&mut self, error: io::Error) -> io::Error {
         self.state = State::Failed(error.kind(), crate::error::describe_chain(&error));
         self.segments.clear();
@@ -203,7 +259,9 @@ impl BodyReader {
             match segment.rx.blocking_recv() {
                 Some(Ok(chunk)) => {
                     segment.got += chunk.len() as u64;
+                    self.offset += chunk.len() as u64;
                     self.current = chunk;
+                    self.steer()?;
                     return Ok(true);
                 }
                 Some(Err(error)) => return Err(self.fail(error.into_io())),
