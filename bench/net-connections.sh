@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Parallel ranged downloads: nginx on 127.0.0.1 serves a raw image with a
 # per-connection rate limit (`limit_rate`, default 100m bytes/s); the script
-# times `curl -o FILE`, `diskimport convert --connections 1` and
-# `--connections 4` of it (round-robin, BENCH_RUNS rounds), prints wall time,
+# times `curl -o FILE`, `diskimport convert --connections 1`,
+# `--connections 4` and `diskimport convert` without the option (which tries
+# 4 and keeps them if faster) of it (round-robin, BENCH_RUNS rounds), prints wall time,
 # CPU seconds and peak RSS (from /usr/bin/time -v) per run, then a summary:
 # the median time of each mode, the ratios of `--connections 4` to
-# `--connections 1` and to curl (the goal: >= 3x), the largest peak RSS of
+# `--connections 1` and to curl (the goal: >= 3x), the same for the default,
+# the largest peak RSS of
 # each mode (the goal: < 64 MiB), and whether every output was identical to
 # the image.
 #
@@ -70,9 +72,11 @@ for round in $(seq "$runs"); do
   measure curl curl -sf -o "$work/out-curl.raw" "$url"
   cmp -s "$img" "$work/out-curl.raw" || { echo "curl: output differs from the image" >&2; identical=no; }
   rm -f "$work/out-curl.raw"
-  for n in 1 4; do
+  for n in 1 4 auto; do
     rm -f "$work/out-$n.raw"
-    measure "connections=$n" "$bin" convert --quiet --connections "$n" "$url" "$work/out-$n.raw"
+    asked=(--connections "$n")
+    [ "$n" != auto ] || asked=()
+    measure "connections=$n" "$bin" convert --quiet "${asked[@]}" "$url" "$work/out-$n.raw"
     cmp -s "$img" "$work/out-$n.raw" || { echo "connections=$n: output differs from the image" >&2; identical=no; }
     rm -f "$work/out-$n.raw"
   done
@@ -87,14 +91,17 @@ awk -v identical="$identical" '
     return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
   }
   END {
-    split("curl connections=1 connections=4", modes, " ")
-    for (m = 1; m <= 3; m++) {
+    split("curl connections=1 connections=4 connections=auto", modes, " ")
+    for (m = 1; m <= 4; m++) {
       name = modes[m]; med[name] = median(wall[name])
       printf "%-14s %8.2f s  peak RSS %6.1f MiB\n", name, med[name], rss[name] / 1024
     }
     c4 = med["connections=4"]
     printf "speed-up of --connections 4: %.2fx over --connections 1, %.2fx over curl (goal >= 3x)\n",
       med["connections=1"] / c4, med["curl"] / c4
+    ca = med["connections=auto"]
+    printf "speed-up of the default (no --connections): %.2fx over --connections 1, %.2fx over curl\n",
+      med["connections=1"] / ca, med["curl"] / ca
     printf "peak RSS with --connections 4: %.1f MiB (goal < 64 MiB)\n", rss["connections=4"] / 1024
     printf "outputs identical to the image: %s\n", identical
   }' "$results"

@@ -1179,84 +1179,121 @@ fn no_password_token_signature_or_query_is_printed_by_any_source() {
     common::finish("no secret in any output", failures);
 }
 
+/// An object of `mib` MiB served by nginx behind fault_proxy (with
+/// `proxy_args`), for the tests of parallel ranges; `None` when the servers
+/// are missing (counted by `require_servers`).
+struct Ranged {
+    _dir: tempfile::TempDir,
+    work: PathBuf,
+    nginx: servers::Nginx,
+    proxy: FaultProxy,
+    data: Vec<u8>,
+}
+
+impl Ranged {
+    fn start(mib: u32, proxy_args: &[&str]) -> Option<Ranged> {
+        let servers = require_servers(&["nginx", "htpasswd", "python3"])?;
+        let dir = tempfile::Builder::new()
+            .prefix("net-ranged")
+            .tempdir()
+            .unwrap();
+        let work = dir.path().to_path_buf();
+        let www = work.join("www");
+        fs::create_dir_all(&www).unwrap();
+        let data: Vec<u8> = (0..(mib << 20))
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        fs::write(www.join("disk.raw"), &data).unwrap();
+        let nginx = servers::Nginx::start(&servers, &work.join("nginx"), &www);
+        let proxy = FaultProxy::start(&servers, &work.join("fp"), nginx.http_port, proxy_args);
+        Some(Ranged {
+            _dir: dir,
+            work,
+            nginx,
+            proxy,
+            data,
+        })
+    }
+
+    /// Converts the object through the proxy with `extra` into `name`,
+    /// recording a failure unless the output is the object.
+    fn convert(&self, name: &str, extra: &[&str], failures: &mut Vec<String>) -> common::Run {
+        let target = self.work.join(name);
+        let run = convert(&self.proxy.url("disk.raw"), &target, extra);
+        if !run.ok() || fs::read(&target).map(|t| t != self.data).unwrap_or(true) {
+            failures.push(format!("download {extra:?}: {}", run.describe()));
+        }
+        run
+    }
+
+    /// Status and size of every GET of the object in nginx's access log
+    /// (nginx logs a request when it ends, so a cut one comes late).
+    fn gets(&self) -> Vec<(u16, u64)> {
+        self.nginx
+            .access_log()
+            .lines()
+            .filter(|l| l.contains("GET /disk.raw "))
+            .filter_map(|l| {
+                // ... "GET /disk.raw HTTP/1.1" STATUS BYTES ...
+                let after = l.split('"').nth(2)?;
+                let mut fields = after.split_whitespace();
+                Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// Counts of whole answers (200), 2 MiB segments and longer ranges in `gets`.
+fn shapes(gets: &[(u16, u64)]) -> (usize, usize, usize) {
+    let count = |f: &dyn Fn(&(u16, u64)) -> bool| gets.iter().filter(|g| f(g)).count();
+    (
+        count(&|g| g.0 == 200),
+        count(&|g| *g == (206, 2 << 20)),
+        count(&|g| g.0 == 206 && g.1 > 2 << 20),
+    )
+}
+
 #[test]
 fn a_large_object_comes_over_parallel_ranges_and_a_dropped_range_is_resumed_alone() {
-    let Some(servers) = require_servers(&["nginx", "htpasswd", "python3"]) else {
+    // 40 MiB, above the size from which ranges are fetched in parallel; the
+    // first connection that carries 3 MB is cut once.
+    let proxy_args = [
+        "--drop-after",
+        "3000000",
+        "--drop-times",
+        "0",
+        "--drops",
+        "1",
+    ];
+    let Some(ranged) = Ranged::start(40, &proxy_args) else {
         return;
     };
-    let dir = tempfile::Builder::new()
-        .prefix("net-parallel")
-        .tempdir()
-        .unwrap();
-    let work = dir.path();
-    let www = work.join("www");
-    fs::create_dir_all(&www).unwrap();
-    // 40 MiB, above the size from which ranges are fetched in parallel.
-    let data: Vec<u8> = (0..(40u32 << 20))
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-        .collect();
-    fs::write(www.join("disk.raw"), &data).unwrap();
-    let nginx = servers::Nginx::start(&servers, &work.join("nginx"), &www);
     let mut failures = Vec::new();
-    // The first connection that carries 3 MB is cut once.
-    let proxy = FaultProxy::start(
-        &servers,
-        &work.join("fp"),
-        nginx.http_port,
-        &[
-            "--drop-after",
-            "3000000",
-            "--drop-times",
-            "0",
-            "--drops",
-            "1",
-        ],
-    );
-    let target = work.join("out.raw");
-    let run = convert(&proxy.url("disk.raw"), &target, &["--connections", "4"]);
-    if !run.ok() || fs::read(&target).map(|t| t != data).unwrap_or(true) {
-        failures.push(format!("parallel download: {}", run.describe()));
-    }
-    let log = nginx.access_log();
-    let ranged = log
-        .lines()
-        .filter(|l| l.contains("GET /disk.raw") && l.contains("\" 206 "))
-        .count();
-    if ranged < 8 {
-        failures.push(format!("only {ranged} ranged GETs in nginx's log:\n{log}"));
+    let run = ranged.convert("out.raw", &["--connections", "4"], &mut failures);
+    let (_, segments, _) = shapes(&ranged.gets());
+    if segments < 8 {
+        failures.push(format!(
+            "only {segments} ranged GETs in nginx's log:\n{}",
+            ranged.nginx.access_log()
+        ));
     }
     if !run.stderr.contains("resuming") {
         failures.push(format!("no range was resumed: {}", run.describe()));
     }
-    // One connection: a single GET and no range.
-    let before = nginx.access_log().lines().count();
-    let direct = format!("http://127.0.0.1:{}/disk.raw", nginx.http_port);
-    let run = convert(&direct, &work.join("one.raw"), &["--connections", "1"]);
-    let new: Vec<String> = nginx
-        .access_log()
-        .lines()
-        .skip(before)
-        .map(str::to_string)
-        .collect();
-    if !run.ok() || new.iter().filter(|l| l.contains("GET /disk.raw")).count() != 2 {
-        // The whole object, then the probe for bytes beyond its length.
+    // One connection, straight to nginx: a single GET and no range.
+    let before = ranged.gets().len();
+    let direct = format!("http://127.0.0.1:{}/disk.raw", ranged.nginx.http_port);
+    let run = convert(
+        &direct,
+        &ranged.work.join("one.raw"),
+        &["--connections", "1"],
+    );
+    let new = ranged.gets().split_off(before);
+    // The whole object, then the probe for bytes beyond its length.
+    if !run.ok() || new.len() != 2 || new[0] != (200, ranged.data.len() as u64) {
         failures.push(format!("--connections 1 made {new:?}: {}", run.describe()));
     }
     common::finish("parallel ranges", failures);
-}
-
-/// Status and size of every GET of `name` in nginx's access log.
-fn gets(log: &str, name: &str) -> Vec<(u16, u64)> {
-    let needle = format!("GET /{name} ");
-    log.lines()
-        .filter(|l| l.contains(&needle))
-        .filter_map(|l| {
-            // ... "GET /name HTTP/1.1" STATUS BYTES ...
-            let after = l.split('"').nth(2)?;
-            let mut fields = after.split_whitespace();
-            Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
-        })
-        .collect()
 }
 
 /// A server that limits every connection (fault_proxy's per-connection
@@ -1264,42 +1301,17 @@ fn gets(log: &str, name: &str) -> Vec<(u16, u64)> {
 /// finds them about four times as fast, and keeps them to the end.
 #[test]
 fn without_connections_asked_ranges_are_kept_where_they_are_faster() {
-    let Some(servers) = require_servers(&["nginx", "htpasswd", "python3"]) else {
-        return;
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("net-steer")
-        .tempdir()
-        .unwrap();
-    let work = dir.path();
-    let www = work.join("www");
-    fs::create_dir_all(&www).unwrap();
-    let data: Vec<u8> = (0..(96u32 << 20))
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    fs::write(www.join("disk.raw"), &data).unwrap();
-    let nginx = servers::Nginx::start(&servers, &work.join("nginx"), &www);
     // 8 MB/s per connection: one connection reads 8 MB/s, four 32 MB/s,
     // well past the 1.25x a trial must show.
-    let proxy = FaultProxy::start(
-        &servers,
-        &work.join("fp"),
-        nginx.http_port,
-        &["--throttle", "8000000"],
-    );
+    let Some(ranged) = Ranged::start(96, &["--throttle", "8000000"]) else {
+        return;
+    };
     let mut failures = Vec::new();
-    let target = work.join("out.raw");
-    let run = convert(&proxy.url("disk.raw"), &target, &[]);
-    if !run.ok() || fs::read(&target).map(|t| t != data).unwrap_or(true) {
-        failures.push(format!("download: {}", run.describe()));
-    }
-    let gets = gets(&nginx.access_log(), "disk.raw");
-    let segments = gets.iter().filter(|g| *g == &(206, 2 << 20)).count();
-    let open_ended = gets.iter().filter(|g| g.0 == 206 && g.1 > 2 << 20).count();
-    // One GET streams from 0 until the trial (nginx logs it when it is cut,
-    // after the first segments); the rest (at least 50 MiB) comes in 2 MiB
-    // segments.
-    let whole = gets.iter().filter(|g| g.0 == 200).count();
+    let run = ranged.convert("out.raw", &[], &mut failures);
+    let gets = ranged.gets();
+    // One GET streams from 0 until the trial; the rest (at least 50 MiB)
+    // comes in 2 MiB segments.
+    let (whole, segments, open_ended) = shapes(&gets);
     if whole != 1 || segments < 25 || open_ended != 0 {
         failures.push(format!(
             "expected a 200, then only 2 MiB ranges: {gets:?}\n{}",
@@ -1315,45 +1327,18 @@ fn without_connections_asked_ranges_are_kept_where_they_are_faster() {
 /// download gives them up and fetches the rest as one open-ended range.
 #[test]
 fn without_connections_asked_ranges_are_given_up_where_they_are_slower() {
-    let Some(servers) = require_servers(&["nginx", "htpasswd", "python3"]) else {
-        return;
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("net-steer")
-        .tempdir()
-        .unwrap();
-    let work = dir.path();
-    let www = work.join("www");
-    fs::create_dir_all(&www).unwrap();
     // Large enough that, after the first measurement, more is left than a
     // trial is worth starting for (32 MiB).
-    let data: Vec<u8> = (0..(64u32 << 20))
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
-        .collect();
-    fs::write(www.join("disk.raw"), &data).unwrap();
-    let nginx = servers::Nginx::start(&servers, &work.join("nginx"), &www);
-    let proxy = FaultProxy::start(
-        &servers,
-        &work.join("fp"),
-        nginx.http_port,
-        &["--throttle", "8000000", "--delay", "1.5"],
-    );
+    let Some(ranged) = Ranged::start(64, &["--throttle", "8000000", "--delay", "1.5"]) else {
+        return;
+    };
     let mut failures = Vec::new();
-    let target = work.join("out.raw");
-    let run = convert(&proxy.url("disk.raw"), &target, &[]);
-    if !run.ok() || fs::read(&target).map(|t| t != data).unwrap_or(true) {
-        failures.push(format!("download: {}", run.describe()));
-    }
-    let gets = gets(&nginx.access_log(), "disk.raw");
-    let segments = gets.iter().filter(|g| *g == &(206, 2 << 20)).count();
-    let open_ended: Vec<_> = gets
-        .iter()
-        .filter(|g| g.0 == 206 && g.1 > 2 << 20)
-        .collect();
+    let run = ranged.convert("out.raw", &[], &mut failures);
+    let gets = ranged.gets();
     // A 200 cut at the trial, at most the trial's segments (the four
     // started and those that followed before the verdict), then the rest.
-    let whole = gets.iter().filter(|g| g.0 == 200).count();
-    if whole != 1 || segments == 0 || segments > 8 || open_ended.len() != 1 {
+    let (whole, segments, open_ended) = shapes(&gets);
+    if whole != 1 || segments == 0 || segments > 8 || open_ended != 1 {
         failures.push(format!(
             "expected a 200, a few 2 MiB ranges, one open-ended range: {gets:?}\n{}",
             run.describe()
