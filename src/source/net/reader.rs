@@ -114,34 +114,12 @@ impl BodyReader {
             probe_end: plan.probe_end,
             state: State::Reading,
         };
-        if parallel && !plan.asked {
-            reader.steer = Some(Steer::new(PARALLEL_MIN));
-            reader.spawn(
-                Span {
-                    start: 0,
-                    end: None,
-                },
-                Some(first),
-            )?;
-        } else if parallel {
-            let total = reader.identity.total.unwrap_or_default();
-            tracing::debug!(
-                connections = plan.connections,
-                total,
-                "parallel ranged download"
-            );
-            reader.spawn(
-                Span {
-                    start: 0,
-                    end: Some(reader.segment),
-                },
-                Some(first),
-            )?;
-            reader.next = Some(reader.segment);
-            for _ in 1..reader.connections {
-                reader.spawn_next()?;
-            }
+        if parallel && plan.asked {
+            reader.spawn_segments(0, Some(first))?;
         } else {
+            if parallel {
+                reader.steer = Some(Steer::new(PARALLEL_MIN));
+            }
             let span = Span {
                 start: 0,
                 end: None,
@@ -179,8 +157,25 @@ impl BodyReader {
         Ok(())
     }
 
+    /// Parallel mode from `from` on (a whole number of chunks into the
+    /// object): one segment per connection, the first served by `first` if
+    /// given (an answer for `from` on, cut at the segment's end).
+    fn spawn_segments(&mut self, from: u64, mut first: Option<Opened>) -> io::Result<()> {
+        tracing::debug!(
+            connections = self.connections,
+            from,
+            total = self.identity.total,
+            "parallel ranged download"
+        );
+        self.next = Some(from);
+        for _ in 0..self.connections {
+            self.spawn_next(first.take())?;
+        }
+        Ok(())
+    }
+
     /// Starts the next parallel segment, if any is left.
-    fn spawn_next(&mut self) -> io::Result<()> {
+    fn spawn_next(&mut self, first: Option<Opened>) -> io::Result<()> {
         let (Some(start), Some(total)) = (self.next, self.identity.total) else {
             return Ok(());
         };
@@ -194,7 +189,7 @@ impl BodyReader {
                 start,
                 end: Some(end),
             },
-            None,
+            first,
         )?;
         self.next = Some(end);
         Ok(())
@@ -206,17 +201,18 @@ impl BodyReader {
             return Ok(());
         };
         let left = total.saturating_sub(self.offset);
-        match steer.observe(self.offset, left, Instant::now()) {
+        let turn = steer.observe(self.offset, left, Instant::now());
+        if steer.settled() {
+            self.steer = None;
+        }
+        match turn {
             // Only the one open-ended span is running: it is dropped (its
             // queued chunks with it) and the rest is fetched in segments
             // from the first byte not handed on, a whole number of chunks
             // into the object.
             Some(Turn::Parallel) if self.segments.len() == 1 && left > 0 => {
                 self.segments.clear();
-                self.next = Some(self.offset);
-                for _ in 0..self.connections {
-                    self.spawn_next()?;
-                }
+                self.spawn_segments(self.offset, None)?;
             }
             // The segments already started finish; one open-ended span
             // takes the rest after them.
@@ -275,7 +271,7 @@ impl BodyReader {
                         return Err(self.fail(error));
                     }
                     self.segments.pop_front();
-                    self.spawn_next()?;
+                    self.spawn_next(None)?;
                 }
             }
         }

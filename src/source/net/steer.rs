@@ -80,6 +80,11 @@ impl Steer {
         }
     }
 
+    /// Whether the decision is made for good (nothing more to observe).
+    pub fn settled(&self) -> bool {
+        matches!(self.phase, Phase::Settled)
+    }
+
     /// The reader has been handed everything before `offset` by `now`, and
     /// `left` bytes remain; what to do, if anything changes.
     pub fn observe(&mut self, offset: u64, left: u64, now: Instant) -> Option<Turn> {
@@ -204,5 +209,6 @@ mod tests {
         }
         // Both rates are "infinite": not clearly faster, so given up.
         assert_eq!(turns, [Turn::Parallel, Turn::Sequential]);
+        assert!(steer.settled());
     }
 }
