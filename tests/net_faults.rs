@@ -1245,25 +1245,34 @@ impl Ranged {
 
 /// Counts of whole answers (200), 2 MiB segments and longer ranges in `gets`.
 fn shapes(gets: &[(u16, u64)]) -> (usize, usize, usize) {
-    let count = |f: &dyn Fn(&(u16, u64)) -> bool| gets.iter().filter(|g| f(g)).count();
-    (
-        count(&|g| g.0 == 200),
-        count(&|g| *g == (206, 2 << 20)),
-        count(&|g| g.0 == 206 && g.1 > 2 << 20),
-    )
+    let (mut whole, mut segments, mut longer) = (0, 0, 0);
+    for &(status, bytes) in gets {
+        match status {
+            200 => whole += 1,
+            206 if bytes == 2 << 20 => segments += 1,
+            206 if bytes > 2 << 20 => longer += 1,
+            _ => {}
+        }
+    }
+    (whole, segments, longer)
 }
 
 #[test]
 fn a_large_object_comes_over_parallel_ranges_and_a_dropped_range_is_resumed_alone() {
     // 40 MiB, above the size from which ranges are fetched in parallel; the
-    // first connection that carries 3 MB is cut once.
+    // first two connections that carry 3 MB are cut. Two, because the first
+    // may be the whole-object answer the reader leaves after 2 MiB: the proxy
+    // can push its third MB into the socket buffers before the reader closes
+    // it (seen on a loaded machine), and that drop cuts nothing being read.
+    // The other lands on a connection carrying ranges (they are reused, so
+    // each carries several 2 MiB segments) and must be resumed.
     let proxy_args = [
         "--drop-after",
         "3000000",
         "--drop-times",
         "0",
         "--drops",
-        "1",
+        "2",
     ];
     let Some(ranged) = Ranged::start(40, &proxy_args) else {
         return;
