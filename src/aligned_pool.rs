@@ -7,7 +7,10 @@
 //!
 //! The pool keeps every buffer given back, so it holds at most as many as
 //! were ever in use at once: the bounds of the stages that hold them bound it.
+//! A user whose need shrinks for good (a download going back from parallel
+//! ranges to one connection) caps what it keeps with [`AlignedPool::keep_at_most`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -24,6 +27,8 @@ struct Shared {
     size: usize,
     align: usize,
     free: Mutex<Vec<AlignedBuf>>,
+    /// Idle buffers kept at most; any more given back are freed.
+    keep: AtomicUsize,
 }
 
 impl AlignedPool {
@@ -34,6 +39,7 @@ impl AlignedPool {
                 size,
                 align,
                 free: Mutex::new(Vec::new()),
+                keep: AtomicUsize::new(usize::MAX),
             }),
         }
     }
@@ -57,6 +63,13 @@ impl AlignedPool {
             len,
             pool: self.shared.clone(),
         })
+    }
+
+    /// From now on keeps at most `n` idle buffers: frees those beyond it
+    /// now, and any given back beyond it later.
+    pub fn keep_at_most(&self, n: usize) {
+        self.shared.keep.store(n, Ordering::Relaxed);
+        self.free().truncate(n);
     }
 
     /// Buffers waiting to be taken again.
@@ -87,7 +100,9 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(buffer) = self.buffer.take() {
             let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
-            free.push(buffer);
+            if free.len() < self.pool.keep.load(Ordering::Relaxed) {
+                free.push(buffer);
+            }
         }
     }
 }
@@ -114,6 +129,18 @@ mod tests {
         let again = pool.take();
         assert_eq!(again.as_slice().as_ptr() as usize, address, "reused");
         assert_eq!(pool.idle(), 0);
+    }
+
+    #[test]
+    fn a_capped_pool_frees_what_it_does_not_keep() {
+        let pool = AlignedPool::new(4096, 4096);
+        let mut lent: Vec<Bytes> = (0..5).map(|_| pool.share(pool.take(), 1)).collect();
+        lent.truncate(3); // two given back
+        assert_eq!(pool.idle(), 2);
+        pool.keep_at_most(1);
+        assert_eq!(pool.idle(), 1, "the one beyond it freed now");
+        drop(lent);
+        assert_eq!(pool.idle(), 1, "and those given back later");
     }
 
     #[test]

@@ -195,13 +195,14 @@ impl BodyReader {
         Ok(())
     }
 
-    /// Acts on what [`Steer`] says now that `offset` bytes were handed on.
-    fn steer(&mut self) -> io::Result<()> {
+    /// Acts on what [`Steer`] says now that `offset` bytes were handed on
+    /// (the last chunk after waiting for it, if `waited`).
+    fn steer(&mut self, waited: bool) -> io::Result<()> {
         let (Some(steer), Some(total)) = (self.steer.as_mut(), self.identity.total) else {
             return Ok(());
         };
         let left = total.saturating_sub(self.offset);
-        let turn = steer.observe(self.offset, left, Instant::now());
+        let turn = steer.observe(self.offset, left, Instant::now(), waited);
         if steer.settled() {
             self.steer = None;
         }
@@ -217,6 +218,9 @@ impl BodyReader {
             // The segments already started finish; one open-ended span
             // takes the rest after them.
             Some(Turn::Sequential) => {
+                // The trial's buffers beyond what one connection queues are
+                // freed as its segments hand them back.
+                self.pool.keep_at_most(QUEUE + 2);
                 if let Some(start) = self.next.take().filter(|s| *s < total) {
                     self.spawn(Span { start, end: None }, None)?;
                 }
@@ -252,12 +256,17 @@ impl BodyReader {
                 self.state = State::Done;
                 return Ok(false);
             };
-            match segment.rx.blocking_recv() {
+            let (next, waited) = match segment.rx.try_recv() {
+                Ok(next) => (Some(next), false),
+                Err(mpsc::error::TryRecvError::Empty) => (segment.rx.blocking_recv(), true),
+                Err(mpsc::error::TryRecvError::Disconnected) => (None, false),
+            };
+            match next {
                 Some(Ok(chunk)) => {
                     segment.got += chunk.len() as u64;
                     self.offset += chunk.len() as u64;
                     self.current = chunk;
-                    self.steer()?;
+                    self.steer(waited)?;
                     return Ok(true);
                 }
                 Some(Err(error)) => return Err(self.fail(error.into_io())),

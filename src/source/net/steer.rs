@@ -7,6 +7,10 @@
 //! download starts on one connection, measures the rate the reader gets,
 //! tries parallel ranges over the next stretch, and keeps them only if they
 //! were clearly faster; otherwise the rest comes over one connection again.
+//! Where the reader hardly ever waited for the one connection (a decoder or
+//! a disk behind it sets the pace), no trial is made at all: more
+//! connections cannot make it faster, and their buffers would only add to
+//! the peak memory.
 //!
 //! This file only decides, from offsets and instants it is shown (so that
 //! the decisions are tested with made-up clocks); the reader acts on them.
@@ -26,6 +30,9 @@ const PROBE_TIME: Duration = Duration::from_secs(1);
 const PROBE_MIN_BYTES: u64 = 2 * CHUNK as u64;
 /// How much faster parallel ranges must be to be kept.
 const GAIN: f64 = 1.25;
+/// One connection keeps up with the reader when fewer than one chunk in
+/// this many had to be waited for.
+const READER_BOUND: u64 = 8;
 
 /// What the reader should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +59,25 @@ enum Phase {
     Settled,
 }
 
-/// A measurement: from `offset` at `since`.
+/// A measurement: from `offset` at `since`; of its chunks, how many the
+/// reader had to wait for.
 #[derive(Debug, Clone, Copy)]
 struct Stretch {
     since: Instant,
     offset: u64,
+    chunks: u64,
+    waited: u64,
+}
+
+impl Stretch {
+    fn new(offset: u64, since: Instant) -> Stretch {
+        Stretch {
+            since,
+            offset,
+            chunks: 0,
+            waited: 0,
+        }
+    }
 }
 
 impl Stretch {
@@ -85,19 +106,31 @@ impl Steer {
         matches!(self.phase, Phase::Settled)
     }
 
-    /// The reader has been handed everything before `offset` by `now`, and
-    /// `left` bytes remain; what to do, if anything changes.
-    pub fn observe(&mut self, offset: u64, left: u64, now: Instant) -> Option<Turn> {
-        match &self.phase {
+    /// The reader has been handed everything before `offset` by `now` (the
+    /// last chunk after waiting for it, if `waited`), and `left` bytes
+    /// remain; what to do, if anything changes.
+    pub fn observe(&mut self, offset: u64, left: u64, now: Instant, waited: bool) -> Option<Turn> {
+        match &mut self.phase {
             Phase::WarmingUp => {
                 if offset >= WARM_UP {
-                    self.phase = Phase::Sequential(Stretch { since: now, offset });
+                    self.phase = Phase::Sequential(Stretch::new(offset, now));
                 }
                 None
             }
             Phase::Sequential(stretch) => {
+                stretch.chunks += 1;
+                stretch.waited += u64::from(waited);
                 let sequential = stretch.rate(offset, now)?;
                 if left < self.worth_from {
+                    self.phase = Phase::Settled;
+                    return None;
+                }
+                if stretch.waited * READER_BOUND < stretch.chunks {
+                    tracing::debug!(
+                        chunks = stretch.chunks,
+                        waited = stretch.waited,
+                        "one connection keeps ahead of the reader; no parallel ranges"
+                    );
                     self.phase = Phase::Settled;
                     return None;
                 }
@@ -106,7 +139,7 @@ impl Steer {
                     "one connection measured; trying parallel ranges"
                 );
                 self.phase = Phase::Parallel {
-                    stretch: Stretch { since: now, offset },
+                    stretch: Stretch::new(offset, now),
                     sequential,
                 };
                 Some(Turn::Parallel)
@@ -116,9 +149,9 @@ impl Steer {
                 sequential,
             } => {
                 let parallel = stretch.rate(offset, now)?;
-                let keep = parallel >= sequential * GAIN;
+                let keep = parallel >= *sequential * GAIN;
                 tracing::debug!(
-                    sequential_mb_per_s = sequential / 1e6,
+                    sequential_mb_per_s = *sequential / 1e6,
                     parallel_mb_per_s = parallel / 1e6,
                     keep,
                     "parallel ranges measured"
@@ -149,7 +182,7 @@ mod tests {
         while offset < total {
             offset += MIB;
             now += Duration::from_secs_f64(1.0 / rate as f64);
-            if let Some(turn) = steer.observe(offset, total - offset, now) {
+            if let Some(turn) = steer.observe(offset, total - offset, now, true) {
                 turns.push((offset, turn));
                 rate = match turn {
                     Turn::Parallel => parallel,
@@ -200,12 +233,31 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_slower_than_one_connection_gets_no_trial() {
+        let mut steer = Steer::new(32 * MIB);
+        let mut now = Instant::now();
+        for i in 1..=200u64 {
+            now += Duration::from_millis(10);
+            // One chunk in ten waited for: the connection is ahead.
+            let turn = steer.observe(i * MIB, 2048 * MIB, now, i % 10 == 0);
+            assert_eq!(turn, None, "at {i} MiB");
+        }
+        assert!(steer.settled());
+        // One in four waited for: the network may be what it waits for.
+        let mut steer = Steer::new(32 * MIB);
+        let turns: Vec<Turn> = (1..=200u64)
+            .filter_map(|i| steer.observe(i * MIB, 2048 * MIB, now, i % 4 == 0))
+            .collect();
+        assert_eq!(turns.first(), Some(&Turn::Parallel));
+    }
+
+    #[test]
     fn a_clock_that_does_not_move_still_ends_on_bytes() {
         let mut steer = Steer::new(0);
         let now = Instant::now();
         let mut turns = Vec::new();
         for offset in (1..=200).map(|i| i * MIB) {
-            turns.extend(steer.observe(offset, u64::MAX, now));
+            turns.extend(steer.observe(offset, u64::MAX, now, true));
         }
         // Both rates are "infinite": not clearly faster, so given up.
         assert_eq!(turns, [Turn::Parallel, Turn::Sequential]);
