@@ -49,23 +49,26 @@
 
 //! # Threads
 //!
-//! xz uses liblzma's multi-threaded decoder (threads = available cores, as
-//! many as fit under [`DecodeOptions::xz_memlimit_threading`] for blocks like
-//! the first, see [`xz_threads`]); where fewer than two fit, or the block
-//! headers carry no sizes (a single-threaded encoder writes none), the stream is
-//! decoded directly on one thread. It only runs in parallel on files written
-//! in several blocks (`xz -T0` does that). liblzma's threaded decoder has no
-//! "concatenated" flag in the Rust binding, so stream concatenation and
-//! padding are handled here ([`XzReader`]), the way `LZMA_CONCATENATED` does.
+//! An xz stream written in blocks whose headers state their sizes (`xz -T0`
+//! writes them) is decoded block-parallel ([`xz_parallel`]: threads =
+//! available cores, as many as fit under
+//! [`DecodeOptions::xz_memlimit_threading`], see [`xz_threads`]), with
+//! bounded queues instead of liblzma's whole-block buffers. Where fewer than
+//! two threads fit, or the first block header carries no sizes (a
+//! single-threaded encoder writes none), the stream is decoded directly on
+//! one thread ([`XzReader`]), stream concatenation and padding handled here
+//! the way `LZMA_CONCATENATED` does.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Chain, Cursor, Read};
+use std::io::{self, BufRead, BufReader, Cursor, Read};
 
-use liblzma::stream::{Action, MtStreamBuilder, Status, Stream};
+use liblzma::stream::{Action, Status, Stream};
 use zstd::zstd_safe;
 
 use crate::piece::{plain, Input, Replay};
 
+mod xz_frame;
+mod xz_parallel;
 mod xz_threads;
 
 /// A compression wrapper recognized from its magic bytes.
@@ -307,7 +310,7 @@ fn wrap(format: Compression, input: Input, options: &DecodeOptions) -> Result<In
             format,
             flate2::bufread::MultiGzDecoder::new(below),
         )),
-        Compression::Xz => plain(Checked::new(format, XzReader::new(below, options)?)),
+        Compression::Xz => plain(Checked::new(format, xz_reader(below, options)?)),
         Compression::Zstd => plain(Checked::new(
             format,
             ZstdReader::new(below, options).map_err(|e| init(&e))?,
@@ -413,7 +416,7 @@ impl<D: Read> Read for Checked<D> {
     }
 }
 
-/// Multi-stream xz decoding on liblzma's threaded decoder.
+/// Multi-stream xz decoding on liblzma's stream decoder, on the calling thread.
 ///
 /// Decodes one stream at a time; after each, skips stream padding (zero bytes,
 /// a multiple of four) and starts a new decoder if more bytes follow, which
@@ -422,8 +425,6 @@ struct XzReader<R> {
     input: R,
     /// The decoder of the current stream; `None` between streams.
     stream: Option<Stream>,
-    threads: u32,
-    memlimit_threading: u64,
     memlimit: u64,
     /// What the limit was derived from.
     limits_basis: String,
@@ -434,51 +435,51 @@ struct XzReader<R> {
     done: bool,
 }
 
-impl<R: BufRead> XzReader<Chain<Cursor<Vec<u8>>, R>> {
-    /// The decoder over `input`, on as many threads as the first block
-    /// header says fit under the threading limit ([`xz_threads`]).
-    fn new(mut input: R, options: &DecodeOptions) -> Result<Self, DecodeError> {
-        let cores = match options.xz_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()) as u32,
-            n => n,
+/// The xz decoder over `input`: block-parallel where the first block header
+/// states its sizes and at least two threads fit under the threading limit
+/// ([`xz_threads`]), else liblzma's stream decoder on the calling thread.
+fn xz_reader<R: BufRead + Send + 'static>(
+    mut input: R,
+    options: &DecodeOptions,
+) -> Result<Box<dyn Read + Send>, DecodeError> {
+    let cores = match options.xz_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()) as u32,
+        n => n,
+    };
+    let head = read_head(&mut input, xz_threads::HEAD_LEN)?;
+    let first = xz_threads::first_block(&head);
+    let threads = xz_threads::threads(first, cores, options.xz_memlimit_threading);
+    tracing::debug!(?first, threads, "xz decoder");
+    let input = Cursor::new(head).chain(input);
+    if threads >= 2 {
+        let limits = xz_parallel::Limits {
+            memlimit: options.xz_memlimit / u64::from(threads),
+            basis: options.limits_basis.clone(),
         };
-        let head = read_head(&mut input, xz_threads::HEAD_LEN)?;
-        let first = xz_threads::first_block(&head);
-        let threads = xz_threads::threads(first, cores, options.xz_memlimit_threading);
-        tracing::debug!(?first, threads, "xz decoder");
-        let mut reader = XzReader {
-            input: Cursor::new(head).chain(input),
-            stream: None,
-            threads,
-            memlimit_threading: options.xz_memlimit_threading,
+        return Ok(Box::new(xz_parallel::ParallelXz::new(
+            input, threads, limits,
+        )));
+    }
+    Ok(Box::new(XzReader::new(input, options).map_err(|e| {
+        DecodeError::Init {
+            format: Compression::Xz,
+            detail: e.to_string(),
+        }
+    })?))
+}
+
+impl<R: BufRead> XzReader<R> {
+    /// liblzma's stream decoder over `input`, one stream after the other.
+    fn new(input: R, options: &DecodeOptions) -> Result<Self, liblzma::stream::Error> {
+        Ok(XzReader {
+            input,
+            stream: Some(Stream::new_stream_decoder(options.xz_memlimit, 0)?),
             memlimit: options.xz_memlimit,
             limits_basis: options.limits_basis.clone(),
             streams_done: 0,
             stalls: 0,
             done: false,
-        };
-        reader.stream = Some(reader.new_decoder().map_err(|e| DecodeError::Init {
-            format: Compression::Xz,
-            detail: e.to_string(),
-        })?);
-        Ok(reader)
-    }
-}
-
-impl<R: BufRead> XzReader<R> {
-    /// The threaded decoder (on more than one thread), else or if that
-    /// fails the single-threaded one.
-    fn new_decoder(&self) -> Result<Stream, liblzma::stream::Error> {
-        if self.threads < 2 {
-            return Stream::new_stream_decoder(self.memlimit, 0);
-        }
-        MtStreamBuilder::new()
-            .threads(self.threads)
-            .timeout_ms(0)
-            .memlimit_threading(self.memlimit_threading.min(self.memlimit))
-            .memlimit_stop(self.memlimit)
-            .decoder()
-            .or_else(|_| Stream::new_stream_decoder(self.memlimit, 0))
+        })
     }
 
     fn error(&self, error: StreamError) -> io::Error {
@@ -493,28 +494,7 @@ impl<R: BufRead> XzReader<R> {
     }
 
     fn lzma_error(&self, e: liblzma::stream::Error) -> io::Error {
-        use liblzma::stream::Error as E;
-        match e {
-            E::MemLimit => self.error(StreamError::MemoryLimit {
-                format: Compression::Xz,
-                what: "memory",
-                limit_mib: self.memlimit >> 20,
-                basis: self.limits_basis.clone(),
-            }),
-            E::Mem => io::Error::new(
-                io::ErrorKind::OutOfMemory,
-                "xz decoder: cannot allocate memory",
-            ),
-            E::Format if self.streams_done > 0 => self.corrupt(format!(
-                "the data after xz stream {} is not another xz stream (trailing garbage)",
-                self.streams_done
-            )),
-            E::Format => self.corrupt("not an xz stream (bad magic)"),
-            E::Data => self.corrupt("compressed data is corrupt"),
-            E::Options => self.corrupt("unsupported header or filter options"),
-            E::UnsupportedCheck => self.corrupt("unsupported integrity check type"),
-            other => self.corrupt(other.to_string()),
-        }
+        xz_error(e, self.memlimit, &self.limits_basis, self.streams_done)
     }
 
     /// After a stream: skips padding; true if another stream follows.
@@ -563,7 +543,8 @@ impl<R: BufRead> Read for XzReader<R> {
                     self.done = true;
                     return Ok(0);
                 }
-                let stream = self.new_decoder().map_err(|e| self.lzma_error(e))?;
+                let stream =
+                    Stream::new_stream_decoder(self.memlimit, 0).map_err(|e| self.lzma_error(e))?;
                 self.stream = Some(stream);
             }
             let stream = self.stream.as_mut().expect("set above");
@@ -608,6 +589,45 @@ impl<R: BufRead> Read for XzReader<R> {
                 }
             }
         }
+    }
+}
+
+/// liblzma's error `e` as a [`StreamError`] (or an allocation failure):
+/// `memlimit` and `basis` name the hard limit, `streams_done` tells trailing
+/// garbage from a bad start.
+fn xz_error(e: liblzma::stream::Error, memlimit: u64, basis: &str, streams_done: u64) -> io::Error {
+    use liblzma::stream::Error as E;
+    let corrupt = |detail: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            StreamError::Corrupt {
+                format: Compression::Xz,
+                detail,
+            },
+        )
+    };
+    match e {
+        E::MemLimit => io::Error::new(
+            io::ErrorKind::InvalidData,
+            StreamError::MemoryLimit {
+                format: Compression::Xz,
+                what: "memory",
+                limit_mib: memlimit >> 20,
+                basis: basis.to_string(),
+            },
+        ),
+        E::Mem => io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            "xz decoder: cannot allocate memory",
+        ),
+        E::Format if streams_done > 0 => corrupt(format!(
+            "the data after xz stream {streams_done} is not another xz stream (trailing garbage)"
+        )),
+        E::Format => corrupt("not an xz stream (bad magic)".into()),
+        E::Data => corrupt("compressed data is corrupt".into()),
+        E::Options => corrupt("unsupported header or filter options".into()),
+        E::UnsupportedCheck => corrupt("unsupported integrity check type".into()),
+        other => corrupt(other.to_string()),
     }
 }
 
@@ -715,6 +735,7 @@ impl<R: BufRead> Read for ZstdReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use liblzma::stream::MtStreamBuilder;
     use std::io::Write;
 
     /// Deterministic, somewhat compressible test data.
@@ -914,19 +935,6 @@ mod tests {
         let mut out = Vec::new();
         reader.read_to_end(&mut out).unwrap();
         assert!(out == data);
-    }
-
-    #[test]
-    fn xz_threaded_decoder_is_available() {
-        // decode_all falls back to the single-threaded decoder silently; make
-        // sure the threaded one is what normally runs.
-        let stream = MtStreamBuilder::new()
-            .threads(4)
-            .timeout_ms(0)
-            .memlimit_threading(512 << 20)
-            .memlimit_stop(2 << 30)
-            .decoder();
-        assert!(stream.is_ok());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | what | limit | at a 600M basis |
 //! |---|---|---|
 //! | xz dictionary and decoder state (hard, [`MemoryLimits::xz_memlimit`]) | basis / 2, within 64 MiB ..= 2 GiB | 300 MiB |
-//! | xz threaded decoder (soft: fewer threads above it, one at the end) | xz limit / 2, at most [`XZ_THREADING_MAX`] (24 MiB) | 24 MiB |
+//! | xz block-parallel decoder (soft: fewer threads above it, one at the end) | xz limit / 2, at most [`XZ_THREADING_MAX`] (24 MiB) | 24 MiB |
 //! | zstd window ([`MemoryLimits::zstd_window_log_max`]) | largest power of two <= basis / 4, within 2^20 ..= 2^31 | 128 MiB (2^27) |
 //! | registry layer decoders | the same xz limit and zstd window | |
 //! | qcow2 L1 table | fixed: 4 Mi entries (32 MiB) (`format::qcow2::header::MAX_L1_ENTRIES`) | 32 MiB |
@@ -26,12 +26,15 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-/// Most memory the threaded xz decoder may use before it runs fewer threads
-/// (liblzma decodes a block it cannot fit on the calling thread). Each
-/// thread holds a block's whole output and input besides its dictionary:
-/// `xz -T0` writes blocks of 3 dictionaries (24 MiB at `-6`), so an
-/// unbounded decoder on two cores peaks near 80 MiB. 24 MiB keeps the
-/// importer's peak RSS under 64 MiB with the pipeline's own buffers.
+/// Most memory the block-parallel xz decoder may use; where two threads do
+/// not fit, a stream is decoded on one. Each thread holds its dictionary,
+/// and all share bounded input and output queues
+/// (`decode::xz_parallel::per_thread`): about 9.5 MiB per thread for
+/// `xz -3 -T0`'s 4 MiB dictionary, so two fit; `-6`'s 8 MiB dictionary
+/// needs 13.5, so its streams are decoded on one thread. 24 MiB keeps the
+/// importer's peak RSS under 64 MiB with the pipeline's own buffers
+/// (liblzma's own threaded decoder holds each block's whole input and
+/// output, over 20 MiB per thread for `-3 -T0`'s 12 MiB blocks).
 pub const XZ_THREADING_MAX: u64 = 24 << 20;
 
 /// The basis when neither a cgroup limit nor the physical memory is known.

@@ -1,14 +1,13 @@
 //! How many threads an xz stream is decoded on, decided from its first block
 //! header.
 //!
-//! liblzma's threaded decoder gives each thread a whole block's input and
-//! output besides the dictionary. Under a memory limit that fits one such
-//! thread but not two, it decodes one block at a time all the same: the speed
-//! of one thread with the memory of threading (measured on the bench corpus's
-//! multi-block xz, 12 MiB blocks: the same time as the direct decoder, at a
-//! 70 MiB peak instead of 32 MiB). So a stream is decoded on threads only when
-//! at least two of them fit under the limit; otherwise directly, on the
-//! calling thread, with only its dictionary.
+//! The block-parallel decoder ([`super::xz_parallel`]) holds per thread a
+//! dictionary, a block's queued input and a bounded output queue
+//! ([`super::xz_parallel::per_thread`]). A stream is decoded on threads only
+//! when its first block header states both sizes (without them the blocks
+//! cannot be found without decoding) and at least two threads fit under the
+//! threading limit; otherwise directly, on the calling thread, with only its
+//! dictionary.
 //!
 //! The header is only read here, never trusted: a size it claims only
 //! chooses between two decoders that both enforce the hard memory limit.
@@ -17,11 +16,7 @@
 /// header (12 + at most 1024).
 pub const HEAD_LEN: usize = 12 + 1024;
 
-/// What a thread decoding blocks like the first needs, besides its state.
-const THREAD_OVERHEAD: u64 = 1 << 20;
-
-/// LZMA2's filter ID.
-const LZMA2: u64 = 0x21;
+use super::xz_frame::BlockHeader;
 
 /// The sizes the first block header announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,12 +30,9 @@ pub struct FirstBlock {
 }
 
 impl FirstBlock {
-    /// Memory one decoder thread holds for such a block.
+    /// Memory one decoder thread holds for such blocks.
     pub fn per_thread(&self) -> u64 {
-        self.compressed
-            .saturating_add(self.uncompressed)
-            .saturating_add(self.dictionary)
-            .saturating_add(THREAD_OVERHEAD)
+        super::xz_parallel::per_thread(self.dictionary)
     }
 }
 
@@ -54,29 +46,12 @@ pub fn first_block(head: &[u8]) -> Option<FirstBlock> {
     if size_byte == 0 {
         return None; // the index: a stream without blocks
     }
-    let header = block.get(..(usize::from(size_byte) + 1) * 4)?;
-    let flags = header[1];
-    if flags & 0xc0 != 0xc0 {
-        return None; // the sizes are not in the header
-    }
-    let filters = usize::from(flags & 0x03) + 1;
-    let mut at = 2;
-    let compressed = vli(header, &mut at)?;
-    let uncompressed = vli(header, &mut at)?;
-    let mut dictionary = None;
-    for _ in 0..filters {
-        let id = vli(header, &mut at)?;
-        let props_len = usize::try_from(vli(header, &mut at)?).ok()?;
-        let props = header.get(at..at.checked_add(props_len)?)?;
-        at += props_len;
-        if id == LZMA2 {
-            dictionary = Some(lzma2_dictionary(*props.first()?)?);
-        }
-    }
+    let header = block.get(..BlockHeader::len_from_first_byte(size_byte))?;
+    let fields = BlockHeader::parse_fields(&header[..header.len() - 4])?;
     Some(FirstBlock {
-        compressed,
-        uncompressed,
-        dictionary: dictionary?,
+        compressed: fields.compressed?,
+        uncompressed: fields.uncompressed?,
+        dictionary: fields.dictionary?,
     })
 }
 
@@ -93,30 +68,6 @@ pub fn threads(first: Option<FirstBlock>, cores: u32, memlimit_threading: u64) -
         threads
     } else {
         1
-    }
-}
-
-/// A variable-length integer of the xz format (7 bits per byte, at most 9
-/// bytes, no redundant trailing zero byte).
-fn vli(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for i in 0..9 {
-        let byte = *bytes.get(*at)?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return (i == 0 || byte != 0).then_some(value);
-        }
-    }
-    None
-}
-
-/// The dictionary size LZMA2's property byte encodes.
-fn lzma2_dictionary(props: u8) -> Option<u64> {
-    match props {
-        0..=39 => Some((2 | u64::from(props & 1)) << (props / 2 + 11)),
-        40 => Some(u64::from(u32::MAX)),
-        _ => None,
     }
 }
 
@@ -183,6 +134,18 @@ mod tests {
     }
 
     #[test]
+    fn xz_3_streams_get_two_threads_under_the_limit_and_xz_6_streams_one() {
+        let like = |dictionary: u64| FirstBlock {
+            compressed: 1 << 20,
+            uncompressed: 3 * dictionary,
+            dictionary,
+        };
+        let limit = crate::limits::XZ_THREADING_MAX;
+        assert_eq!(threads(Some(like(4 << 20)), 2, limit), 2, "-3: 4 MiB");
+        assert_eq!(threads(Some(like(8 << 20)), 2, limit), 1, "-6: 8 MiB");
+    }
+
+    #[test]
     fn cut_or_malformed_headers_are_not_read() {
         let bytes = threaded(&[3u8; 50_000], 20_000, 0);
         for cut in 0..40.min(bytes.len()) {
@@ -194,10 +157,5 @@ mod tests {
         // only bounds are: what lies beyond the input is never read.
         huge_props[12] = 0xff;
         assert_eq!(first_block(&huge_props[..200]), None);
-        assert_eq!(vli(&[0x80, 0x00], &mut 0), None, "redundant zero byte");
-        assert_eq!(vli(&[0xff; 10], &mut 0), None, "more than nine bytes");
-        assert_eq!(vli(&[0x81, 0x01], &mut 0), Some(129));
-        assert_eq!(lzma2_dictionary(41), None);
-        assert_eq!(lzma2_dictionary(0), Some(4096));
     }
 }
