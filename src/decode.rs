@@ -456,9 +456,13 @@ fn xz_reader<R: BufRead + Send + 'static>(
             memlimit: options.xz_memlimit / u64::from(threads),
             basis: options.limits_basis.clone(),
         };
-        return Ok(Box::new(xz_parallel::ParallelXz::new(
-            input, threads, limits,
-        )));
+        let reader = xz_parallel::ParallelXz::new(input, threads, limits).map_err(|e| {
+            DecodeError::Init {
+                format: Compression::Xz,
+                detail: format!("cannot start the decoder threads: {e}"),
+            }
+        })?;
+        return Ok(Box::new(reader));
     }
     Ok(Box::new(XzReader::new(input, options).map_err(|e| {
         DecodeError::Init {

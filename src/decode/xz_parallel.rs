@@ -32,7 +32,7 @@
 //! [`INPUT_BUDGET`]. [`per_thread`] is what the caller budgets with.
 
 use std::io::{self, BufRead, Read};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
@@ -132,10 +132,16 @@ pub struct ParallelXz {
 
 impl ParallelXz {
     /// Starts the framer and `threads` workers over `input` (the stream from
-    /// its first byte on).
-    pub fn new<R: BufRead + Send + 'static>(input: R, threads: u32, limits: Limits) -> Self {
-        let (order_tx, order) = mpsc::channel();
+    /// its first byte on); fails only if a thread cannot be started.
+    pub fn new<R: BufRead + Send + 'static>(
+        input: R,
+        threads: u32,
+        limits: Limits,
+    ) -> io::Result<Self> {
         let threads = threads.max(1) as usize;
+        // Bounded, so that a stream of many tiny blocks cannot queue up
+        // finished blocks without end ahead of a slow reader.
+        let (order_tx, order) = mpsc::sync_channel(2 * threads + 2);
         let pool = Arc::new(Pool::new());
         let mut workers = Vec::new();
         for _ in 0..threads {
@@ -144,8 +150,7 @@ impl ParallelXz {
             let pool = Arc::clone(&pool);
             thread::Builder::new()
                 .name("xz-worker".into())
-                .spawn(move || work(rx, &limits, &pool))
-                .expect("spawn an xz worker");
+                .spawn(move || work(rx, &limits, &pool))?;
             workers.push(tx);
         }
         let framer_pool = Arc::clone(&pool);
@@ -166,9 +171,8 @@ impl ParallelXz {
                     Err(e) => Next::Failed(e),
                 };
                 let _ = framer.order.send(last);
-            })
-            .expect("spawn the xz framer");
-        ParallelXz {
+            })?;
+        Ok(ParallelXz {
             order,
             front: None,
             piece: Vec::new(),
@@ -177,7 +181,7 @@ impl ParallelXz {
             pool,
             failed: None,
             done: false,
-        }
+        })
     }
 
     /// The next non-empty piece, `None` at the end.
@@ -248,7 +252,7 @@ impl Read for ParallelXz {
 struct Framer<R> {
     input: R,
     workers: Vec<SyncSender<Job>>,
-    order: Sender<Next>,
+    order: SyncSender<Next>,
     next_worker: usize,
     /// Blocks handed on so far, in stream order.
     blocks: u64,
@@ -945,7 +949,7 @@ mod tests {
 
     /// Everything the decoder hands on, and how it ended.
     fn decode(bytes: Vec<u8>, threads: u32) -> (Vec<u8>, io::Result<()>) {
-        let mut reader = ParallelXz::new(Cursor::new(bytes), threads, limits());
+        let mut reader = ParallelXz::new(Cursor::new(bytes), threads, limits()).unwrap();
         let mut out = Vec::new();
         let mut buf = vec![0u8; 100_000];
         loop {
@@ -986,7 +990,7 @@ mod tests {
             let bytes = bytes.clone();
             let (done, finished) = mpsc::channel();
             thread::spawn(move || {
-                let mut reader = ParallelXz::new(Cursor::new(bytes), threads, limits());
+                let mut reader = ParallelXz::new(Cursor::new(bytes), threads, limits()).unwrap();
                 let mut out = Vec::new();
                 let mut buf = [0u8; 4096];
                 loop {
@@ -1004,6 +1008,15 @@ mod tests {
                 .expect("the decoder stopped making progress");
             assert!(out == data, "{threads} threads");
         }
+    }
+
+    #[test]
+    fn many_tiny_blocks_decode() {
+        let data = sample(200_000);
+        let bytes = blocks(&data, 100); // 2000 blocks
+        let (out, end) = decode(bytes, 2);
+        end.unwrap();
+        assert!(out == data);
     }
 
     #[test]
@@ -1109,7 +1122,7 @@ mod tests {
         let mut bytes = blocks(&data, 50_000);
         bytes.truncate(bytes.len() / 2);
         let input = io::BufReader::new(Failing(Cursor::new(bytes)));
-        let mut reader = ParallelXz::new(input, 2, limits());
+        let mut reader = ParallelXz::new(input, 2, limits()).unwrap();
         let e = io::copy(&mut reader, &mut io::sink()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
         assert!(e.to_string().contains("source gone"));
@@ -1119,7 +1132,7 @@ mod tests {
     fn dropping_the_reader_midway_stops_its_threads() {
         let data = sample(4 << 20);
         let bytes = blocks(&data, 64 << 10);
-        let mut reader = ParallelXz::new(Cursor::new(bytes), 2, limits());
+        let mut reader = ParallelXz::new(Cursor::new(bytes), 2, limits()).unwrap();
         let mut buf = [0u8; 1000];
         reader.read_exact(&mut buf).unwrap();
         assert_eq!(&buf[..], &data[..1000]);
@@ -1134,7 +1147,7 @@ mod tests {
             memlimit: 512 << 10,
             basis: "a test limit".into(),
         };
-        let mut reader = ParallelXz::new(Cursor::new(bytes), 2, limits);
+        let mut reader = ParallelXz::new(Cursor::new(bytes), 2, limits).unwrap();
         let e = io::copy(&mut reader, &mut io::sink()).unwrap_err();
         let text = e.to_string();
         assert!(text.contains("a test limit"), "{text}");
