@@ -29,9 +29,9 @@ use std::sync::OnceLock;
 /// Most memory the block-parallel xz decoder may use; where two threads do
 /// not fit, a stream is decoded on one. Each thread holds its dictionary,
 /// and all share bounded input and output queues
-/// (`decode::xz_parallel::per_thread`): about 9.5 MiB per thread for
+/// (`decode::xz_parallel::per_thread`): about 10.5 MiB per thread for
 /// `xz -3 -T0`'s 4 MiB dictionary, so two fit; `-6`'s 8 MiB dictionary
-/// needs 13.5, so its streams are decoded on one thread. 24 MiB keeps the
+/// needs 14.5, so its streams are decoded on one thread. 24 MiB keeps the
 /// importer's peak RSS under 64 MiB with the pipeline's own buffers
 /// (liblzma's own threaded decoder holds each block's whole input and
 /// output, over 20 MiB per thread for `-3 -T0`'s 12 MiB blocks).

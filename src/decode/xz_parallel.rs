@@ -17,8 +17,8 @@
 //!   block), so that liblzma checks the block's header, sizes and integrity
 //!   check; its output goes into the block's own queue. The workers share
 //!   [`OUTPUT_BUDGET`] pieces of output: a worker ahead of the front waits
-//!   when they are all taken, the front block's worker never does (so the
-//!   reader always gets on);
+//!   when they are all taken; the front block's worker may take
+//!   [`FRONT_PIECES`] more (so the reader always gets on);
 //! - the reader ([`ParallelXz`]) hands on the front block's pieces, then
 //!   the next block's.
 //!
@@ -54,14 +54,16 @@ pub const INPUT_BUDGET: u64 = 4 << 20;
 const OUTPUT_PIECE: usize = 256 << 10;
 
 /// Output pieces the workers ahead of the front may hold, all together
-/// (the front block's worker takes pieces beyond them).
-const OUTPUT_BUDGET: usize = 16;
+/// (the front block's worker takes pieces beyond them): 6 MiB, half of
+/// `xz -3 -T0`'s 12 MiB blocks, so that the worker ahead is half done when
+/// its block comes to the front.
+const OUTPUT_BUDGET: usize = 24;
 
 /// Output pieces queued for the reader per block.
 const OUTPUT_QUEUE: usize = OUTPUT_BUDGET;
 
-/// Output pieces the front block's worker holds beyond the budget at most
-/// (a queue the reader drains, and the one it fills).
+/// Output pieces beyond the budget the front block may hold at most (the
+/// reader's, the one being filled, and two queued).
 const FRONT_PIECES: usize = 4;
 
 /// What a thread's decoder holds besides its dictionary.
@@ -576,9 +578,18 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    /// One block's single-block stream, from the job's input to its output.
+    /// One block's single-block stream, from the job's input to its output;
+    /// the piece it was filling goes back after it, so that a worker holds
+    /// none between blocks.
     fn block(&mut self, job: Job) {
         self.seq = job.seq;
+        self.decode(job);
+        if self.out.capacity() > 0 {
+            self.pool.give_output(std::mem::take(&mut self.out));
+        }
+    }
+
+    fn decode(&mut self, job: Job) {
         let start = self.stream.as_ref().map_or(0, |s| s.total_out());
         for input in job.input {
             let bytes = match input {
@@ -805,11 +816,20 @@ impl Pool {
         }
     }
 
-    /// An empty output piece for block `seq`, once the budget has room or
-    /// if `seq` is the front; `None` when the reader is gone.
+    /// An empty output piece for block `seq`, once the budget (with
+    /// [`FRONT_PIECES`] more for the front) has room; `None` when the reader
+    /// is gone.
     fn take_output(&self, seq: u64) -> Option<Vec<u8>> {
         let mut taken = self.output.lock().expect("pool lock");
-        while !taken.closed && taken.pieces >= OUTPUT_BUDGET && seq != taken.front {
+        loop {
+            let limit = if seq == taken.front {
+                OUTPUT_BUDGET + FRONT_PIECES
+            } else {
+                OUTPUT_BUDGET
+            };
+            if taken.closed || taken.pieces < limit {
+                break;
+            }
             taken = self.output_room.wait(taken).expect("pool lock");
         }
         if taken.closed {
