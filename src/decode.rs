@@ -848,8 +848,9 @@ mod tests {
         }
     }
 
-    /// A reader that fails after its data.
-    struct FailsAfter(Cursor<Vec<u8>>);
+    /// A reader that fails after its data (also used by the xz decoders'
+    /// tests).
+    pub(super) struct FailsAfter(pub(super) Cursor<Vec<u8>>);
 
     impl Read for FailsAfter {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

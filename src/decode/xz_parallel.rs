@@ -936,6 +936,7 @@ fn lzma_error(e: liblzma::stream::Error, limits: &Limits) -> io::Error {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::FailsAfter;
     use super::*;
     use liblzma::stream::MtStreamBuilder;
     use std::io::{Cursor, Write};
@@ -1126,26 +1127,14 @@ mod tests {
 
     #[test]
     fn an_upstream_error_comes_out_as_it_was() {
-        struct Failing(Cursor<Vec<u8>>);
-        impl Read for Failing {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                match self.0.read(buf)? {
-                    0 => Err(io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        "source gone",
-                    )),
-                    n => Ok(n),
-                }
-            }
-        }
         let data = sample(500_000);
         let mut bytes = blocks(&data, 50_000);
         bytes.truncate(bytes.len() / 2);
-        let input = io::BufReader::new(Failing(Cursor::new(bytes)));
+        let input = io::BufReader::new(FailsAfter(Cursor::new(bytes)));
         let mut reader = ParallelXz::new(input, 2, limits()).unwrap();
         let e = io::copy(&mut reader, &mut io::sink()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
-        assert!(e.to_string().contains("source gone"));
+        assert!(e.to_string().contains("network gone"));
     }
 
     #[test]
