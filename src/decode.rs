@@ -503,33 +503,8 @@ impl<R: BufRead> XzReader<R> {
 
     /// After a stream: skips padding; true if another stream follows.
     fn skip_padding(&mut self) -> io::Result<bool> {
-        let mut padding: u64 = 0;
-        loop {
-            let buf = self.input.fill_buf()?;
-            if buf.is_empty() {
-                break;
-            }
-            let zeros = buf.iter().take_while(|&&b| b == 0).count();
-            let more = zeros < buf.len();
-            self.input.consume(zeros);
-            padding += zeros as u64;
-            if more {
-                if padding % 4 != 0 {
-                    return Err(self.corrupt(format!(
-                        "{padding} zero bytes after xz stream {} (stream padding must be a \
-                         multiple of 4)",
-                        self.streams_done
-                    )));
-                }
-                return Ok(true);
-            }
-        }
-        if padding % 4 != 0 {
-            return Err(self.corrupt(format!(
-                "{padding} zero bytes at the end (stream padding must be a multiple of 4)"
-            )));
-        }
-        Ok(false)
+        xz_frame::skip_padding(&mut self.input, self.streams_done)?
+            .map_err(|detail| self.corrupt(detail))
     }
 }
 

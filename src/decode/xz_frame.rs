@@ -13,6 +13,8 @@
 //! the slice or by what the format allows, and a claim is only ever used to
 //! frame bytes read one by one, never to allocate.
 
+use std::io::{self, BufRead};
+
 use sha2::{Digest, Sha256};
 
 /// Length of a stream header and of a stream footer.
@@ -83,6 +85,41 @@ pub fn stream_footer(
         return Err("the stream footer's index size does not match the index".into());
     }
     Ok(())
+}
+
+/// After xz stream number `streams_done`: skips stream padding (zero bytes,
+/// a multiple of four); `Ok(true)` if more bytes follow, `Ok(false)` at the
+/// end; padding of the wrong length is the inner `Err`, naming it.
+pub fn skip_padding(
+    input: &mut impl BufRead,
+    streams_done: u64,
+) -> io::Result<Result<bool, String>> {
+    let mut padding: u64 = 0;
+    loop {
+        let buf = input.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        let zeros = buf.iter().take_while(|&&b| b == 0).count();
+        let more = zeros < buf.len();
+        input.consume(zeros);
+        padding += zeros as u64;
+        if more {
+            if padding % 4 != 0 {
+                return Ok(Err(format!(
+                    "{padding} zero bytes after xz stream {streams_done} (stream padding \
+                     must be a multiple of 4)"
+                )));
+            }
+            return Ok(Ok(true));
+        }
+    }
+    if padding % 4 != 0 {
+        return Ok(Err(format!(
+            "{padding} zero bytes at the end (stream padding must be a multiple of 4)"
+        )));
+    }
+    Ok(Ok(false))
 }
 
 /// What a block header states.

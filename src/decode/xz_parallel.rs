@@ -283,33 +283,8 @@ impl<R: BufRead> Framer<R> {
     /// After `streams` streams: skips stream padding and reads the next
     /// stream header, `None` at the end of the input.
     fn stream_header(&mut self, streams: u64) -> io::Result<Option<[u8; STREAM_HEADER_LEN]>> {
-        if streams > 0 {
-            let mut padding = 0u64;
-            loop {
-                let buf = self.input.fill_buf()?;
-                if buf.is_empty() {
-                    if padding % 4 != 0 {
-                        return Err(corrupt(format!(
-                            "{padding} zero bytes at the end (stream padding must be a \
-                             multiple of 4)"
-                        )));
-                    }
-                    return Ok(None);
-                }
-                let zeros = buf.iter().take_while(|&&b| b == 0).count();
-                let more = zeros < buf.len();
-                self.input.consume(zeros);
-                padding += zeros as u64;
-                if more {
-                    if padding % 4 != 0 {
-                        return Err(corrupt(format!(
-                            "{padding} zero bytes after xz stream {streams} (stream padding \
-                             must be a multiple of 4)"
-                        )));
-                    }
-                    break;
-                }
-            }
+        if streams > 0 && !xz_frame::skip_padding(&mut self.input, streams)?.map_err(corrupt)? {
+            return Ok(None);
         }
         let mut header = [0u8; STREAM_HEADER_LEN];
         let mut got = 0;
