@@ -748,9 +748,15 @@ mod tests {
 
     /// xz in several blocks, so the threaded decoder really runs in parallel.
     fn xz_blocks(data: &[u8]) -> Vec<u8> {
+        xz_in_blocks(data, 16 << 10)
+    }
+
+    /// `data` in blocks of `block` bytes, both sizes in every block header
+    /// (as `xz -T0` writes them); also used by the xz decoders' tests.
+    pub(super) fn xz_in_blocks(data: &[u8], block: u64) -> Vec<u8> {
         let stream = MtStreamBuilder::new()
-            .threads(4)
-            .block_size(16 << 10)
+            .threads(2)
+            .block_size(block)
             .preset(1)
             .encoder()
             .unwrap();

@@ -911,29 +911,15 @@ fn lzma_error(e: liblzma::stream::Error, limits: &Limits) -> io::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::FailsAfter;
+    use super::super::tests::{xz_in_blocks as blocks, FailsAfter};
     use super::*;
-    use liblzma::stream::MtStreamBuilder;
-    use std::io::{Cursor, Write};
+    use std::io::Cursor;
 
     /// Compressible, not trivially: bytes of a counter's low bits mixed.
     fn sample(len: usize) -> Vec<u8> {
         (0..len as u32)
             .map(|i| ((i / 7) ^ (i.wrapping_mul(2_654_435_761) >> 29)) as u8)
             .collect()
-    }
-
-    /// `data` in blocks of `block` bytes, both sizes in every block header.
-    fn blocks(data: &[u8], block: u64) -> Vec<u8> {
-        let stream = MtStreamBuilder::new()
-            .threads(2)
-            .block_size(block)
-            .preset(1)
-            .encoder()
-            .unwrap();
-        let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
     }
 
     fn limits() -> Limits {
