@@ -59,9 +59,6 @@ const OUTPUT_PIECE: usize = 256 << 10;
 /// its block comes to the front.
 const OUTPUT_BUDGET: usize = 24;
 
-/// Output pieces queued for the reader per block.
-const OUTPUT_QUEUE: usize = OUTPUT_BUDGET;
-
 /// Output pieces beyond the budget the front block may hold at most (the
 /// reader's, the one being filled, and two queued).
 const FRONT_PIECES: usize = 4;
@@ -269,10 +266,10 @@ impl<R: BufRead> Framer<R> {
     fn run(&mut self) -> io::Result<()> {
         let mut streams = 0u64;
         loop {
-            let Some(header) = self.stream_header(streams)? else {
+            let Some((header, flags)) = self.stream_header(streams)? else {
                 return Ok(());
             };
-            match self.stream(&header) {
+            match self.stream(&header, flags) {
                 Ok(Ok(())) => streams += 1,
                 Ok(Err(Gone)) => return Ok(()),
                 Err(e) => return Err(e),
@@ -282,7 +279,10 @@ impl<R: BufRead> Framer<R> {
 
     /// After `streams` streams: skips stream padding and reads the next
     /// stream header, `None` at the end of the input.
-    fn stream_header(&mut self, streams: u64) -> io::Result<Option<[u8; STREAM_HEADER_LEN]>> {
+    fn stream_header(
+        &mut self,
+        streams: u64,
+    ) -> io::Result<Option<([u8; STREAM_HEADER_LEN], StreamFlags)>> {
         if streams > 0 && !xz_frame::skip_padding(&mut self.input, streams)?.map_err(corrupt)? {
             return Ok(None);
         }
@@ -299,7 +299,7 @@ impl<R: BufRead> Framer<R> {
         if got < header.len() && !garbage {
             return Err(truncated());
         }
-        xz_frame::stream_header(&header).map_err(|e| {
+        let flags = xz_frame::stream_header(&header).map_err(|e| {
             if streams > 0 && garbage {
                 corrupt(format!(
                     "the data after xz stream {streams} is not another xz stream (trailing \
@@ -309,12 +309,15 @@ impl<R: BufRead> Framer<R> {
                 corrupt(e)
             }
         })?;
-        Ok(Some(header))
+        Ok(Some((header, flags)))
     }
 
     /// One stream, after its header: its blocks, index and footer.
-    fn stream(&mut self, header: &[u8; STREAM_HEADER_LEN]) -> io::Result<Result<(), Gone>> {
-        let flags = xz_frame::stream_header(header).map_err(corrupt)?;
+    fn stream(
+        &mut self,
+        header: &[u8; STREAM_HEADER_LEN],
+        flags: StreamFlags,
+    ) -> io::Result<Result<(), Gone>> {
         let mut tally = IndexTally::default();
         loop {
             let mut size_byte = [0u8];
@@ -365,7 +368,7 @@ impl<R: BufRead> Framer<R> {
     ) -> io::Result<Result<(), Gone>> {
         let queue = (INPUT_BUDGET as usize).div_ceil(INPUT_PIECE) + 3;
         let (input_tx, input) = mpsc::sync_channel(queue);
-        let (output, pieces) = mpsc::sync_channel(OUTPUT_QUEUE);
+        let (output, pieces) = mpsc::sync_channel(OUTPUT_BUDGET);
         if self.order.send(Next::Block(pieces)).is_err() {
             return Ok(Err(Gone));
         }
@@ -382,9 +385,7 @@ impl<R: BufRead> Framer<R> {
         if worker.send(job).is_err() {
             return Ok(Err(Gone));
         }
-        let mut head = stream_header.to_vec();
-        head.extend_from_slice(block_header);
-        let Some(first) = self.pool.input_from(head) else {
+        let Some(first) = self.pool.input_from(&head(stream_header, block_header)) else {
             return Ok(Err(Gone));
         };
         if input_tx.send(Ok(first)).is_err() {
@@ -407,7 +408,7 @@ impl<R: BufRead> Framer<R> {
             }
         }
         let end = xz_frame::single_block_stream(stream_header, record);
-        if let Some(last) = self.pool.input_from(end) {
+        if let Some(last) = self.pool.input_from(&end) {
             let _ = input_tx.send(Ok(last));
         }
         Ok(Ok(()))
@@ -420,16 +421,14 @@ impl<R: BufRead> Framer<R> {
         stream_header: &[u8; STREAM_HEADER_LEN],
         block_header: &[u8],
     ) -> io::Result<Result<(), Gone>> {
-        let (output, pieces) = mpsc::sync_channel(OUTPUT_QUEUE);
+        let (output, pieces) = mpsc::sync_channel(OUTPUT_BUDGET);
         if self.order.send(Next::Block(pieces)).is_err() {
             return Ok(Err(Gone));
         }
         let mut decoder = Decoder::new(&self.limits, &self.pool, 0);
         decoder.seq = self.blocks;
         self.blocks += 1;
-        let mut head = stream_header.to_vec();
-        head.extend_from_slice(block_header);
-        match decoder.feed(&head, &output) {
+        match decoder.feed(&head(stream_header, block_header), &output) {
             Fed::Taken => {}
             Fed::Ended(_) | Fed::Stopped => return Ok(Err(Gone)),
         }
@@ -858,9 +857,9 @@ impl Pool {
     }
 
     /// `bytes` as an input piece (a short one the framer made).
-    fn input_from(self: &Arc<Self>, bytes: Vec<u8>) -> Option<InputPiece> {
+    fn input_from(self: &Arc<Self>, bytes: &[u8]) -> Option<InputPiece> {
         let mut piece = self.input(bytes.len())?;
-        piece.bytes.copy_from_slice(&bytes);
+        piece.bytes.copy_from_slice(bytes);
         Some(piece)
     }
 
@@ -883,6 +882,12 @@ impl Pool {
         self.output.lock().expect("pool lock").closed = true;
         self.output_room.notify_all();
     }
+}
+
+/// What a single-block stream starts with: the stream's header, then the
+/// block's.
+fn head(stream_header: &[u8; STREAM_HEADER_LEN], block_header: &[u8]) -> Vec<u8> {
+    [&stream_header[..], block_header].concat()
 }
 
 fn corrupt(detail: impl Into<String>) -> io::Error {
