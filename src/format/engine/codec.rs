@@ -22,6 +22,7 @@
 //! and says why a unit is refused. Both check every distance and length, so the fast
 //! path accepts nothing the rules refuse.
 
+use bytes::Bytes;
 use flate2::{Decompress, FlushDecompress, Status};
 use libdeflater::Decompressor as WholeInflater;
 use zstd::zstd_safe::{DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
@@ -102,6 +103,20 @@ impl Decoders {
                 unzstd_cluster(dctx, input, unit_size)
             }
         }
+    }
+
+    /// As [`decompress`](Self::decompress) with `needed = keep`, then only the
+    /// first `keep` bytes: the part of the unit inside the disk.
+    pub fn decompress_kept(
+        &mut self,
+        codec: Codec,
+        input: &[u8],
+        unit_size: usize,
+        keep: usize,
+    ) -> Result<Bytes, String> {
+        let mut out = Bytes::from(self.decompress(codec, input, unit_size, keep)?);
+        out.truncate(keep);
+        Ok(out)
     }
 
     /// The fast path: a raw deflate stream (or, with `zlib_header`, a zlib stream)

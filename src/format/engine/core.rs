@@ -857,14 +857,9 @@ impl<'a> Claims<'a> {
                 .submit(unit, input, keep, &mut finished);
             return self.write_inflated(finished);
         }
-        let result = self
-            .decoders
-            .decompress(unit.codec, &input, unit.unit_size as usize, keep)
-            .map(|out| {
-                let mut out = Bytes::from(out);
-                out.truncate(keep);
-                out
-            });
+        let result =
+            self.decoders
+                .decompress_kept(unit.codec, &input, unit.unit_size as usize, keep);
         match (result, eof_end) {
             (Ok(out), _) => Ok(self.sink.write(Extent::data(unit.guest, out))?),
             (Err(reason), Some(end)) => Err(StreamError::Truncated {

@@ -200,13 +200,7 @@ fn run_batch(decoders: &mut Decoders, batch: Vec<Job>) -> Vec<Finished> {
 
 fn run_job(decoders: &mut Decoders, job: Job) -> Finished {
     let Job { unit, input, keep } = job;
-    let result = decoders
-        .decompress(unit.codec, &input, unit.unit_size as usize, keep)
-        .map(|out| {
-            let mut out = Bytes::from(out);
-            out.truncate(keep);
-            out
-        });
+    let result = decoders.decompress_kept(unit.codec, &input, unit.unit_size as usize, keep);
     Finished { unit, result }
 }
 
