@@ -923,6 +923,70 @@ mod tests {
         assert!(out == data);
     }
 
+    /// Offsets of the integrity check field after each block of a single
+    /// xz stream whose blocks state their sizes.
+    fn xz_check_fields(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let header: &[u8; xz_frame::STREAM_HEADER_LEN] =
+            bytes[..xz_frame::STREAM_HEADER_LEN].try_into().unwrap();
+        let check = xz_frame::stream_header(header).unwrap().check_len() as usize;
+        let mut fields = Vec::new();
+        let mut at = xz_frame::STREAM_HEADER_LEN;
+        while bytes[at] != 0 {
+            // A zero byte where a block header would start is the index.
+            let len = xz_frame::BlockHeader::len_from_first_byte(bytes[at]);
+            let block = xz_frame::BlockHeader::parse(&bytes[at..at + len]).unwrap();
+            let compressed = block.compressed.unwrap();
+            at += len + (compressed + xz_frame::block_padding(compressed)) as usize;
+            fields.push(at..at + check);
+            at += check;
+        }
+        fields
+    }
+
+    #[test]
+    fn xz_wrong_integrity_check_is_an_error_on_one_thread_and_on_many() {
+        use liblzma::stream::Check;
+        let data = sample(600_000, 30);
+        for check in [Check::Crc32, Check::Crc64, Check::Sha256] {
+            let stream = MtStreamBuilder::new()
+                .threads(2)
+                .block_size(100_000)
+                .preset(1)
+                .check(check)
+                .encoder()
+                .unwrap();
+            let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+            e.write_all(&data).unwrap();
+            let good = e.finish().unwrap();
+            let fields = xz_check_fields(&good);
+            assert_eq!(fields.len(), 6, "{check:?}");
+            for xz_threads in [1, 2] {
+                let options = DecodeOptions {
+                    xz_threads,
+                    ..DecodeOptions::default()
+                };
+                let decoded = |bytes: Vec<u8>| {
+                    let (_, mut reader) = decode_all_with(plain(Cursor::new(bytes)), &options)?;
+                    let mut out = Vec::new();
+                    reader.read_to_end(&mut out)?;
+                    Ok::<_, DecodeError>(out)
+                };
+                assert!(decoded(good.clone()).unwrap() == data);
+                // The blocks are intact: only comparing the check finds it.
+                let mut bad = good.clone();
+                bad[fields[3].end - 1] ^= 0x01;
+                match decoded(bad) {
+                    Err(DecodeError::Stream(StreamError::Corrupt { .. })) => {}
+                    Err(DecodeError::Io(e)) => match stream_error(&e) {
+                        Some(StreamError::Corrupt { .. }) => {}
+                        _ => panic!("{check:?}, {xz_threads} threads: {e}"),
+                    },
+                    other => panic!("{check:?}, {xz_threads} threads: {other:?}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn xz_memory_limit_is_an_error() {
         let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6); // 8 MiB dictionary
