@@ -18,7 +18,10 @@
 //!   check; its output goes into the block's own queue. The workers share
 //!   [`OUTPUT_BUDGET`] pieces of output: a worker ahead of the front waits
 //!   when they are all taken; the front block's worker may take
-//!   [`FRONT_PIECES`] more (so the reader always gets on);
+//!   [`FRONT_PIECES`] more (so the reader always gets on). A piece that
+//!   comes out all zero (a sparse disk's free space) is queued as its
+//!   length and its buffer filled again, so runs of zeroes take no budget
+//!   and a worker ahead is not held up by them;
 //! - the reader ([`ParallelXz`]) hands on the front block's pieces, then
 //!   the next block's.
 //!
@@ -42,6 +45,7 @@ use super::xz_frame::{
     self, block_padding, BlockHeader, IndexTally, StreamFlags, STREAM_HEADER_LEN,
 };
 use super::{Compression, StreamError};
+use crate::sink::zero_detect::is_zero;
 
 /// Bytes of compressed input sent to a worker at a time.
 const INPUT_PIECE: usize = 256 << 10;
@@ -62,6 +66,12 @@ const OUTPUT_BUDGET: usize = 24;
 /// Output pieces beyond the budget the front block may hold at most (the
 /// reader's, the one being filled, and two queued).
 const FRONT_PIECES: usize = 4;
+
+/// Messages a block's queue holds: its data pieces (bounded by the budget)
+/// and its zero pieces, which hold no memory. 64 cover a whole block of
+/// `xz -3 -T0` (12 MiB), so a worker ahead of the front goes through a block
+/// of zeroes (most of a sparse disk) without waiting for the reader.
+const BLOCK_QUEUE: usize = 64;
 
 /// What a thread's decoder holds besides its dictionary.
 const DECODER_OVERHEAD: u64 = 1 << 20;
@@ -91,6 +101,9 @@ pub struct Limits {
 /// One piece of a block's output, or how the block ended.
 enum Piece {
     Data(Vec<u8>),
+    /// This many zero bytes: a piece found all zero by its worker, whose
+    /// buffer the worker keeps filling, so that zeroes cost no budget.
+    Zeros(usize),
     Failed(io::Error),
 }
 
@@ -122,6 +135,8 @@ pub struct ParallelXz {
     /// The piece being handed on, and how much of it is.
     piece: Vec<u8>,
     at: usize,
+    /// Zero bytes still to hand on (a zero piece), before `piece`'s rest.
+    zeros: usize,
     /// Blocks started so far (the front's place in stream order is the last).
     blocks: u64,
     pool: Arc<Pool>,
@@ -176,6 +191,7 @@ impl ParallelXz {
             front: None,
             piece: Vec::new(),
             at: 0,
+            zeros: 0,
             blocks: 0,
             pool,
             failed: None,
@@ -183,8 +199,8 @@ impl ParallelXz {
         })
     }
 
-    /// The next non-empty piece, `None` at the end.
-    fn next_piece(&mut self) -> io::Result<Option<Vec<u8>>> {
+    /// The next non-empty piece (data or zeroes), `None` at the end.
+    fn next_piece(&mut self) -> io::Result<Option<Piece>> {
         if let Some(kind) = self.failed {
             return Err(io::Error::new(kind, "the xz stream failed before"));
         }
@@ -207,8 +223,9 @@ impl ParallelXz {
             };
             match front.recv() {
                 Ok(Piece::Data(data)) if data.is_empty() => self.pool.give_output(data),
-                Ok(Piece::Data(data)) => return Ok(Some(data)),
+                Ok(Piece::Zeros(0)) => {}
                 Ok(Piece::Failed(e)) => return Err(self.fail(e)),
+                Ok(piece) => return Ok(Some(piece)),
                 // The block's sender is dropped after its last piece.
                 Err(_) => self.front = None,
             }
@@ -232,13 +249,21 @@ impl Read for ParallelXz {
         if buf.is_empty() {
             return Ok(0);
         }
-        if self.at == self.piece.len() {
-            let Some(next) = self.next_piece()? else {
-                return Ok(0);
-            };
-            let used = std::mem::replace(&mut self.piece, next);
+        if self.zeros == 0 && self.at == self.piece.len() {
+            self.pool.give_output(std::mem::take(&mut self.piece));
             self.at = 0;
-            self.pool.give_output(used);
+            match self.next_piece()? {
+                None => return Ok(0),
+                Some(Piece::Data(next)) => self.piece = next,
+                Some(Piece::Zeros(len)) => self.zeros = len,
+                Some(Piece::Failed(_)) => unreachable!("next_piece returns failures as errors"),
+            }
+        }
+        if self.zeros > 0 {
+            let n = buf.len().min(self.zeros);
+            buf[..n].fill(0);
+            self.zeros -= n;
+            return Ok(n);
         }
         let n = buf.len().min(self.piece.len() - self.at);
         buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
@@ -368,7 +393,7 @@ impl<R: BufRead> Framer<R> {
     ) -> io::Result<Result<(), Gone>> {
         let queue = (INPUT_BUDGET as usize).div_ceil(INPUT_PIECE) + 3;
         let (input_tx, input) = mpsc::sync_channel(queue);
-        let (output, pieces) = mpsc::sync_channel(OUTPUT_BUDGET);
+        let (output, pieces) = mpsc::sync_channel(BLOCK_QUEUE);
         if self.order.send(Next::Block(pieces)).is_err() {
             return Ok(Err(Gone));
         }
@@ -421,7 +446,7 @@ impl<R: BufRead> Framer<R> {
         stream_header: &[u8; STREAM_HEADER_LEN],
         block_header: &[u8],
     ) -> io::Result<Result<(), Gone>> {
-        let (output, pieces) = mpsc::sync_channel(OUTPUT_BUDGET);
+        let (output, pieces) = mpsc::sync_channel(BLOCK_QUEUE);
         if self.order.send(Next::Block(pieces)).is_err() {
             return Ok(Err(Gone));
         }
@@ -713,10 +738,16 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    /// Hands on the output so far; `None` if the reader is gone.
+    /// Hands on the output so far; `None` if the reader is gone. Output
+    /// that is all zero goes as its length, and the piece is filled again.
     fn send(&mut self, output: &SyncSender<Piece>) -> Option<()> {
         if self.out.is_empty() {
             return Some(());
+        }
+        if is_zero(&self.out) {
+            let len = self.out.len();
+            self.out.clear();
+            return output.send(Piece::Zeros(len)).ok();
         }
         let full = std::mem::take(&mut self.out);
         output.send(Piece::Data(full)).ok()
@@ -995,6 +1026,47 @@ mod tests {
                 .expect("the decoder stopped making progress");
             assert!(out == data, "{threads} threads");
         }
+    }
+
+    /// Data with zero runs of every shape: whole blocks, pieces, partial
+    /// pieces at block ends, a block that is zero but for one byte.
+    fn sparse_sample() -> Vec<u8> {
+        let mut data = vec![0u8; 3 << 20];
+        data[..300_000].copy_from_slice(&sample(300_000));
+        data[1_000_000..1_000_100].fill(7);
+        data[(2 << 20) + 5] = 1;
+        data
+    }
+
+    #[test]
+    fn zero_runs_come_out_as_zeroes_on_any_number_of_threads() {
+        let data = sparse_sample();
+        for block in [100_000, 256 << 10, 1 << 20] {
+            let bytes = blocks(&data, block);
+            for threads in [1, 2, 3] {
+                let (out, end) = decode(bytes.clone(), threads);
+                end.unwrap();
+                assert!(out == data, "blocks of {block}, {threads} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn reads_of_any_size_get_zeroes_and_data_in_order() {
+        let data = sparse_sample();
+        let mut reader = ParallelXz::new(Cursor::new(blocks(&data, 300_000)), 2, limits()).unwrap();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 300_001];
+        // Reads shorter and longer than a piece: zero pieces are handed on
+        // in parts and end in the middle of a read's room.
+        for want in [1, 7, 4096, 100_000, 300_001].into_iter().cycle() {
+            match reader.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(out == data);
     }
 
     #[test]
