@@ -925,7 +925,7 @@ mod tests {
 
     /// Offsets of the integrity check field after each block of a single
     /// xz stream whose blocks state their sizes.
-    fn xz_check_fields(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+    pub(super) fn xz_check_fields(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
         let header: &[u8; xz_frame::STREAM_HEADER_LEN] =
             bytes[..xz_frame::STREAM_HEADER_LEN].try_into().unwrap();
         let check = xz_frame::stream_header(header).unwrap().check_len() as usize;

@@ -947,7 +947,7 @@ fn lzma_error(e: liblzma::stream::Error, limits: &Limits) -> io::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{xz_in_blocks as blocks, FailsAfter};
+    use super::super::tests::{xz_check_fields, xz_in_blocks as blocks, FailsAfter};
     use super::*;
     use std::io::Cursor;
 
@@ -1097,17 +1097,8 @@ mod tests {
     fn a_corrupt_block_fails_after_the_blocks_before_it() {
         let data = sample(1 << 20);
         let good = blocks(&data, 100_000);
-        // Find the fourth block's data: walk the headers by their sizes.
-        let check = xz_frame::stream_header(good[..12].try_into().unwrap())
-            .unwrap()
-            .check_len() as usize;
-        let mut at = 12;
-        for _ in 0..3 {
-            let header = &good[at..at + BlockHeader::len_from_first_byte(good[at])];
-            let block = BlockHeader::parse(header).unwrap();
-            let compressed = block.compressed.unwrap();
-            at += header.len() + (compressed + block_padding(compressed)) as usize + check;
-        }
+        // The fourth block starts after the third block's check.
+        let at = xz_check_fields(&good)[2].end;
         let mut bad = good.clone();
         bad[at + 40] ^= 0x55; // inside the fourth block's data
         let (out, end) = decode(bad, 2);
